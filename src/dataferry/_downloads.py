@@ -1,0 +1,202 @@
+"""Resumable, pipelined, atomic downloads of single remote files.
+
+A download is written to ``.NAME.dataferry-part`` beside its destination, with
+``.NAME.dataferry-part.json`` recording which remote file (size, mtime) the
+partial bytes came from. A retry, or a later run after a crash, continues from
+the partial file when the remote file is unchanged. Only a complete, size-checked,
+fsynced file is renamed to its final name: a final name never holds half a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from ._exceptions import DestinationError
+from ._observer import TaskObserver
+from ._ssh import RemoteFile, RemoteSession, TransientError, translate_sftp_errors
+
+log = logging.getLogger("dataferry.download")
+
+PART_SUFFIX = ".dataferry-part"
+# OpenSSH's sftp-server answers reads of up to 255 KiB; larger requests come
+# back short and cost an extra round trip.
+DEFAULT_BLOCK_SIZE = 255 * 1024
+MAX_BLOCK_SIZE = 1024 * 1024
+# Requests in flight per file: 64 x 255 KiB ~ 16 MiB, matching the channel window.
+DEFAULT_REQUESTS_IN_FLIGHT = 64
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PART_SUFFIX}")
+
+
+def part_meta_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PART_SUFFIX}.json")
+
+
+def destination_error(path: Path, exc: OSError) -> DestinationError:
+    reason = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large for this filesystem or limit",
+        errno.EROFS: "read-only filesystem",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return DestinationError(f"cannot write {path}: {reason}")
+
+
+@dataclass
+class DownloadResult:
+    remote: RemoteFile
+    path: Path
+    resumed_from: int
+    bytes_transferred: int
+
+
+def _resume_offset(part: Path, meta: Path, remote: RemoteFile) -> int:
+    """Bytes already held for this exact remote file, or 0 to start over."""
+    try:
+        recorded = json.loads(meta.read_text())
+        held = part.stat().st_size
+    except (OSError, ValueError):
+        return 0
+    same_source = (
+        isinstance(recorded, dict)
+        and recorded.get("remote_path") == remote.path
+        and recorded.get("size") == remote.size
+        and recorded.get("mtime") == remote.mtime
+    )
+    if not same_source or held > remote.size:
+        return 0
+    return held
+
+
+def _write_meta(meta: Path, remote: RemoteFile) -> None:
+    record = {"remote_path": remote.path, "size": remote.size, "mtime": remote.mtime}
+    meta.write_text(json.dumps(record) + "\n")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def download_file(
+    session: RemoteSession,
+    remote: RemoteFile,
+    final: Path,
+    observer: TaskObserver,
+    *,
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+) -> DownloadResult:
+    """Fetch remote into final, resuming a matching partial file."""
+    part, meta = part_path(final), part_meta_path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        offset = _resume_offset(part, meta, remote)
+        if offset == 0:
+            _write_meta(meta, remote)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise destination_error(final.parent, exc) from None
+    if offset:
+        log.info("resuming %s at %d of %d bytes", remote.path, offset, remote.size)
+    observer.file_started(remote.path, remote.size, offset)
+    try:
+        # Drop anything past the last complete block we know is good.
+        os.ftruncate(fd, offset)
+        block_size = _block_size(session)
+        with translate_sftp_errors(remote.path):
+            async with session.sftp.open(remote.path, "rb", block_size=0) as handle:
+                await _pipelined_copy(
+                    handle, fd, remote, offset, block_size, requests_in_flight, observer
+                )
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS:
+            raise destination_error(part, exc) from None
+        raise
+    finally:
+        os.close(fd)
+    held = part.stat().st_size
+    if held != remote.size:
+        raise TransientError(f"{remote.path}: got {held} of {remote.size} bytes")
+    try:
+        os.utime(part, (remote.mtime, remote.mtime))
+        os.replace(part, final)
+        meta.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        raise destination_error(final, exc) from None
+    observer.file_finished(remote.path, str(final), remote.size)
+    log.debug("saved %s (%d bytes)", final, remote.size)
+    return DownloadResult(remote, final, offset, remote.size - offset)
+
+
+def _block_size(session: RemoteSession) -> int:
+    limit = session.sftp.limits.max_read_len
+    return min(limit, MAX_BLOCK_SIZE) if limit else DEFAULT_BLOCK_SIZE
+
+
+async def _pipelined_copy(
+    handle: asyncssh.SFTPClientFile,
+    fd: int,
+    remote: RemoteFile,
+    start: int,
+    block_size: int,
+    requests_in_flight: int,
+    observer: TaskObserver,
+) -> None:
+    """Keep many read requests in flight; write replies in order.
+
+    Writing strictly in order keeps the partial file a clean prefix of the
+    remote file, which is what makes resuming safe.
+    """
+    end = remote.size
+    next_offset = start
+    write_offset = start
+    pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
+
+    def read(offset: int, length: int) -> asyncio.Task[bytes]:
+        return asyncio.ensure_future(handle.read(length, offset))  # type: ignore[arg-type]
+
+    try:
+        while pending or next_offset < end:
+            while next_offset < end and len(pending) < requests_in_flight:
+                length = min(block_size, end - next_offset)
+                pending.append((next_offset, length, read(next_offset, length)))
+                next_offset += length
+            offset, length, task = pending.popleft()
+            data = await task
+            while len(data) < length:
+                # A short read (server cap or a file that shrank): fetch the rest now.
+                more = await handle.read(length - len(data), offset + len(data))
+                if not more:
+                    raise TransientError(
+                        f"{remote.path}: file ended at {offset + len(data)} bytes, expected "
+                        f"{remote.size}; it changed during the transfer"
+                    )
+                data += more
+            os.pwrite(fd, data, write_offset)
+            write_offset += length
+            observer.bytes_received(remote.path, length)
+    finally:
+        for _, _, task in pending:
+            task.cancel()
+        for _, _, task in pending:
+            with contextlib.suppress(asyncio.CancelledError, asyncssh.Error, OSError):
+                await task

@@ -1,0 +1,72 @@
+"""One exception hierarchy; the CLI maps each class to its exit code in one place.
+
+Every error carries a one-line, user-facing message that says what went wrong
+and where. Messages never contain secrets (passwords, key passphrases).
+"""
+
+from __future__ import annotations
+
+
+class DataferryError(Exception):
+    """Base of every error dataferry reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(DataferryError):
+    """A bad value in config.json, .env, the environment or a flag."""
+
+    exit_code = 2
+
+
+class AuthenticationError(DataferryError):
+    """Wrong credentials: retrying cannot help."""
+
+    exit_code = 3
+
+
+class HostKeyError(DataferryError):
+    """Unknown or changed host key refused by the host-key policy."""
+
+    exit_code = 3
+
+
+class RemotePathError(DataferryError):
+    """The remote path does not exist or cannot be read."""
+
+    exit_code = 4
+
+
+class TransferError(DataferryError):
+    """A transfer still failing after the last try (transient causes)."""
+
+    exit_code = 5
+
+
+class ArchiveError(DataferryError):
+    """A corrupt, unreadable, or refused (hostile) archive."""
+
+    exit_code = 6
+
+
+class DestinationError(DataferryError):
+    """The local destination cannot take the result: conflict, full disk, no permission."""
+
+    exit_code = 7
+
+
+class OverwriteConflictError(DestinationError):
+    """overwrite is false and the run would replace existing files."""
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected error",
+    2: "bad configuration or command-line value",
+    3: "authentication failed or host key refused",
+    4: "remote path missing or unreadable",
+    5: "transfer failed after the last retry",
+    6: "corrupt, unreadable or refused archive",
+    7: "destination problem: would overwrite, disk full, not writable",
+    130: "interrupted",
+}

@@ -1,0 +1,323 @@
+"""Settings: config.json + command-line overrides for a task, .env + environment for the connection.
+
+Precedence for task settings: command-line flag > task section > ``common`` >
+built-in default. Every bad value becomes a one-line :class:`ConfigError` that
+names where the value came from (``config.json: task_2.max_tries: ...`` or
+``--max_tries: ...``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from ._exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config.json")
+DEFAULT_INCLUDE = ("*.csv", "*.zip")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Set in the container images: saving outside the mounted data folder would
+# silently lose the data when the container exits.
+DATA_DIR_ENV = "DATAFERRY_DATA_DIR"
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def parse_bool(value: object) -> object:
+    """Accept JSON booleans and the strings the seed wrote ("True"/"False")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    raise ValueError("expected true or false")
+
+
+def _parse_log_level(value: object) -> object:
+    if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+        return value.strip().upper()
+    raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+
+
+Bool = Annotated[bool, BeforeValidator(parse_bool)]
+LogLevel = Annotated[str, BeforeValidator(_parse_log_level)]
+
+
+class TaskSettings(BaseModel):
+    """One task, fully resolved. Field names are the config.json keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    name: str
+    file_save_path: Path
+    remote_file_path: str
+    keep_zip_tar_file: Bool = False
+    max_tries: int = Field(default=3, ge=1, le=1000)
+    retry_delay: float = Field(default=2.0, ge=0, le=3600)
+    log_level: LogLevel = Field(default="INFO", alias="log-level")
+    overwrite: Bool = False
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("remote_file_path")
+    @classmethod
+    def _remote_path_is_usable(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return str(PurePosixPath(value))
+
+    @field_validator("file_save_path")
+    @classmethod
+    def _save_path_is_usable(cls, value: Path) -> Path:
+        if not str(value).strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("include", mode="before")
+    @classmethod
+    def _include_is_list_of_globs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("expected a non-empty list of glob patterns")
+        if not all(isinstance(item, str) and item for item in value):
+            raise ValueError("expected a non-empty list of glob patterns")
+        return tuple(value)
+
+
+# Keys a user may set, in config.json or as flags, with their config.json spelling.
+TASK_KEYS = tuple(
+    (field.alias or name) for name, field in TaskSettings.model_fields.items() if name != "name"
+)
+
+_MESSAGES = {
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "path_type": "expected a path string",
+    "missing": "is required but not set",
+}
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "value_error":
+        # Our own validators: pydantic prefixes "Value error, ".
+        return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"unknown key (known keys: {', '.join(TASK_KEYS)})"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return str(error["msg"]).lower().replace("input should be", "must be")
+    return _MESSAGES.get(kind, str(error["msg"]))
+
+
+def _show(value: object) -> str:
+    return json.dumps(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config.json: ``common`` plus named task sections."""
+
+    path: Path
+    common: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: Path) -> ConfigFile:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: expected a JSON object with a common section and tasks")
+        common = document.get("common", {})
+        if not isinstance(common, dict):
+            raise ConfigError(f"{path}: common: expected an object of settings")
+        tasks: dict[str, dict[str, Any]] = {}
+        for name, section in document.items():
+            if name == "common":
+                continue
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: {name}: expected an object of settings")
+            tasks[name] = section
+        return cls(path=path, common=common, tasks=tasks)
+
+    def section(self, task: str) -> dict[str, Any]:
+        if task not in self.tasks:
+            known = ", ".join(self.tasks) or "none"
+            raise ConfigError(f'{self.path}: no task "{task}"; tasks in this file: {known}')
+        return self.tasks[task]
+
+
+def resolve_task(
+    task: str,
+    config: ConfigFile | None,
+    overrides: Mapping[str, object] | None = None,
+) -> TaskSettings:
+    """Merge flag > task section > common > defaults and validate the result."""
+    values: dict[str, object] = {}
+    origin: dict[str, str] = {}
+    if config is not None:
+        section = config.section(task)
+        for scope, items in (("common", config.common), (task, section)):
+            for key, value in items.items():
+                values[key] = value
+                origin[key] = f"{config.path}: {scope}.{key}"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+            origin[key] = f"--{key}"
+    try:
+        settings = TaskSettings.model_validate({"name": task, **values})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else ""
+        where = origin.get(key) or (
+            f"{config.path}: {task}.{key}" if config is not None else f"--{key}"
+        )
+        message = _describe_error(error)
+        if error["type"] == "missing":
+            flag = f"--{key}"
+            scope = f"{config.path}: {task}" if config is not None else "the command line"
+            raise ConfigError(
+                f"{scope}: {key} is required; set it in the task section, in common, or with {flag}"
+            ) from None
+        if key in values:
+            message = f"{message}, got {_show(values[key])}"
+        raise ConfigError(f"{where}: {message}") from None
+    check_container_save_path(settings)
+    return settings
+
+
+def check_container_save_path(settings: TaskSettings) -> None:
+    """In a container, a save path outside the mounted data folder would be lost."""
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if not data_dir:
+        return
+    root = Path(data_dir).resolve()
+    target = settings.file_save_path.resolve()
+    if target != root and root not in target.parents:
+        raise ConfigError(
+            f"{settings.name}.file_save_path: {settings.file_save_path} is outside the "
+            f"container's data folder {root} ({DATA_DIR_ENV}); the file would be lost when "
+            "the container exits. Save under the folder the compose file mounts as a volume."
+        )
+
+
+# ---------------------------------------------------------------- connection
+
+
+class HostKeyPolicy(enum.StrEnum):
+    STRICT = "strict"
+    ACCEPT_NEW = "accept-new"
+
+
+class ConnectionSettings(BaseModel):
+    """Where and how to connect. Built from the environment and ./.env."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    password: SecretStr | None = None
+    key_file: Path | None = None
+    known_hosts: Path = Field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+
+    def describe(self) -> str:
+        return f"{self.username}@{self.host}:{self.port}"
+
+
+_ENV_FIELDS = {
+    "REMOTE_HOST_ADDRESS": "host",
+    "REMOTE_PORT": "port",
+    "USERNAME": "username",
+    "PASSWORD": "password",
+    "SSH_KEY_FILE": "key_file",
+    "SSH_KNOWN_HOSTS": "known_hosts",
+    "SSH_HOST_KEY_POLICY": "host_key_policy",
+}
+_ENV_MESSAGES = {
+    "port": "expected a port number from 1 to 65535",
+    "host_key_policy": "expected strict or accept-new",
+}
+
+
+def read_environment(env_file: Path = Path(".env")) -> dict[str, str]:
+    """The .env file's variables, overridden by those already in the environment."""
+    merged: dict[str, str] = {}
+    if env_file.is_file():
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                merged[key] = value
+    for key in _ENV_FIELDS:
+        if key in os.environ:
+            merged[key] = os.environ[key]
+    return merged
+
+
+def resolve_connection(
+    environment: Mapping[str, str] | None = None, *, source: str = "environment or .env"
+) -> ConnectionSettings:
+    env = read_environment() if environment is None else environment
+    values: dict[str, object] = {}
+    for variable, field in _ENV_FIELDS.items():
+        raw = env.get(variable, "")
+        if raw.strip() == "":
+            continue
+        if field in ("key_file", "known_hosts"):
+            values[field] = Path(raw).expanduser()
+        elif field == "host_key_policy":
+            values[field] = raw.strip().lower()
+        else:
+            values[field] = raw if field == "password" else raw.strip()
+    for variable, field in (("REMOTE_HOST_ADDRESS", "host"), ("USERNAME", "username")):
+        if field not in values:
+            raise ConfigError(
+                f"{variable} is not set ({source}); copy .env.example to .env and fill it in"
+            )
+    try:
+        settings = ConnectionSettings.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0])
+        variable = next(name for name, value in _ENV_FIELDS.items() if value == field)
+        message = _ENV_MESSAGES.get(field, _describe_error(error))
+        shown = "" if field == "password" else f", got {_show(env.get(variable, ''))}"
+        raise ConfigError(f"{source}: {variable}: {message}{shown}") from None
+    if settings.key_file is not None and not settings.key_file.is_file():
+        raise ConfigError(f"{source}: SSH_KEY_FILE: no such file: {settings.key_file}")
+    return settings

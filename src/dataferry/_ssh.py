@@ -1,0 +1,262 @@
+"""The SSH/SFTP backend: connecting, verifying host keys, listing, and error translation.
+
+Everything asyncssh-specific lives here and in ``_downloads.py``; the task layer
+sees :class:`RemoteSession`, :class:`RemoteFile` and dataferry's own exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import asyncssh
+
+from ._exceptions import AuthenticationError, HostKeyError, RemotePathError
+from ._settings import ConnectionSettings, HostKeyPolicy
+
+log = logging.getLogger("dataferry.ssh")
+
+# A far link is bound by the channel window: asyncssh's 2 MiB default allows only
+# 2 MiB in flight per round trip. 16 MiB covers ~500 Mbit/s at 30 ms RTT.
+CHANNEL_WINDOW = 16 * 2**20
+# AES-GCM is hardware accelerated on x86-64 and beat chacha20-poly1305 by ~1.5x
+# here; the rest of asyncssh's defaults follow, so any server still works.
+_PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
+CONNECT_TIMEOUT = 20.0
+
+
+class TransientError(Exception):
+    """A failure worth retrying: the connection was refused, reset, lost or timed out."""
+
+
+def _cipher_preference() -> list[str]:
+    available = [alg.decode() for alg in asyncssh.encryption.get_encryption_algs()]
+    preferred = [alg for alg in _PREFERRED_CIPHERS if alg in available]
+    return preferred + [alg for alg in available if alg not in preferred]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    mtime: int
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+def _host_label(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class _HostKeyChecker(asyncssh.SSHClient):
+    """Decides on host keys missing from known_hosts, per the configured policy.
+
+    asyncssh has already compared the offered key with the known_hosts entries
+    for this host; this hook runs only when none matched.
+    """
+
+    def __init__(self, settings: ConnectionSettings, known: asyncssh.SSHKnownHosts | None):
+        self._settings = settings
+        self._known = known
+        self.refusal: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        settings = self._settings
+        label = _host_label(settings.host, settings.port)
+        offered = f"{key.get_algorithm()} {key.get_fingerprint()}"
+        known_keys: Sequence[asyncssh.SSHKey] = ()
+        if self._known is not None:
+            match_port = None if settings.port == 22 else settings.port
+            known_keys = self._known.match(settings.host, addr, match_port)[0]
+        if known_keys:
+            self.refusal = (
+                f"host key for {label} has CHANGED (offered {offered}; "
+                f"{settings.known_hosts} has a different key): refusing to connect, someone "
+                "may be intercepting. If the server's key really changed, remove the old entry "
+                f"with: ssh-keygen -R '{label}' -f {settings.known_hosts}"
+            )
+            return False
+        if settings.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
+            _record_host_key(settings.known_hosts, label, key)
+            log.warning("trusting new host %s (%s); recorded in %s", label, offered,
+                        settings.known_hosts)
+            return True
+        self.refusal = (
+            f"host key for {label} is not known ({offered}, not in {settings.known_hosts}). "
+            f"Check the fingerprint with the server's owner, then add it with: "
+            f"ssh-keyscan -p {settings.port} {settings.host} >> {settings.known_hosts} "
+            "(or run once with SSH_HOST_KEY_POLICY=accept-new)"
+        )
+        return False
+
+
+def _record_host_key(known_hosts: Path, label: str, key: asyncssh.SSHKey) -> None:
+    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    line = f"{label} {key.export_public_key('openssh').decode().strip()}\n"
+    # O_APPEND: a concurrent writer (another task) cannot clobber our line.
+    fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(line)
+
+
+def _load_known_hosts(path: Path) -> asyncssh.SSHKnownHosts | None:
+    try:
+        return asyncssh.read_known_hosts(str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise HostKeyError(f"{path}: cannot read known_hosts file: {exc}") from None
+
+
+class RemoteSession:
+    """One SSH connection with one SFTP channel."""
+
+    def __init__(
+        self,
+        connection: asyncssh.SSHClientConnection,
+        sftp: asyncssh.SFTPClient,
+        settings: ConnectionSettings,
+    ):
+        self.connection = connection
+        self.sftp = sftp
+        self.settings = settings
+
+    async def stat(self, remote_path: str) -> asyncssh.SFTPAttrs:
+        with translate_sftp_errors(remote_path):
+            return await self.sftp.stat(remote_path)
+
+    async def remote_file(self, remote_path: str) -> RemoteFile:
+        attrs = await self.stat(remote_path)
+        return RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
+
+    async def is_dir(self, remote_path: str) -> bool:
+        attrs = await self.stat(remote_path)
+        return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
+
+    async def list_files(self, remote_dir: str, include: tuple[str, ...]) -> list[RemoteFile]:
+        """Regular files directly in remote_dir whose names match a pattern.
+
+        SFTP's READDIR returns names as they are (spaces and all), unlike
+        parsing ``ls`` output as the seed did.
+        """
+        with translate_sftp_errors(remote_dir):
+            entries = await self.sftp.readdir(remote_dir)
+        files = []
+        for entry in entries:
+            name = str(entry.filename)
+            if name in (".", ".."):
+                continue
+            attrs = entry.attrs
+            if attrs.permissions is not None and stat.S_ISLNK(attrs.permissions):
+                # READDIR reports the link itself; follow it to see what it points at.
+                with contextlib.suppress(asyncssh.SFTPError):
+                    attrs = await self.sftp.stat(str(PurePosixPath(remote_dir) / name))
+            if attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
+                continue
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+                log.debug("skipping %s: matches none of %s", name, ", ".join(include))
+                continue
+            files.append(
+                RemoteFile(str(PurePosixPath(remote_dir) / name), attrs.size or 0,
+                           int(attrs.mtime or 0))
+            )
+        return sorted(files, key=lambda remote: remote.path)
+
+
+@contextlib.contextmanager
+def translate_sftp_errors(remote_path: str) -> Iterator[None]:
+    """Map SFTP status errors to dataferry errors that say which path failed."""
+    try:
+        yield
+    except asyncssh.SFTPNoSuchFile:
+        raise RemotePathError(f"remote path not found: {remote_path}") from None
+    except asyncssh.SFTPPermissionDenied:
+        raise RemotePathError(f"remote path not readable (permission denied): {remote_path}") \
+            from None
+    except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection) as exc:
+        raise TransientError(f"connection lost while reading {remote_path}: {exc}") from exc
+    except asyncssh.SFTPFailure as exc:
+        raise TransientError(f"server failed to read {remote_path}: {exc.reason}") from exc
+    except asyncssh.SFTPError as exc:
+        raise RemotePathError(f"cannot read remote path {remote_path}: {exc.reason}") from None
+
+
+@contextlib.asynccontextmanager
+async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSession]:
+    """Connect, authenticate, verify the host key and start SFTP.
+
+    Raises HostKeyError / AuthenticationError (not retried) or TransientError.
+    """
+    known = _load_known_hosts(settings.known_hosts)
+    checker = _HostKeyChecker(settings, known)
+    password = settings.password.get_secret_value() if settings.password else None
+    # Like ssh: an explicit key first, else default keys and the agent, unless a
+    # password is configured without a key (then only the password is tried).
+    client_keys: list[str] | tuple[()] | None = (
+        [str(settings.key_file)] if settings.key_file else (None if password else ())
+    )
+    log.debug("connecting to %s (host key policy %s)", settings.describe(),
+              settings.host_key_policy.value)
+    try:
+        connection = await asyncssh.connect(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=password,
+            client_keys=client_keys,
+            # An empty known_hosts list (file missing) still verifies: every key
+            # is then "unknown" and goes through the policy hook above.
+            known_hosts=known if known is not None else ([], [], []),
+            client_factory=lambda: checker,
+            encryption_algs=_cipher_preference(),
+            compression_algs=None,
+            window=CHANNEL_WINDOW,
+            connect_timeout=CONNECT_TIMEOUT,
+            config=[],
+            agent_path=None if settings.key_file or password else (),
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(checker.refusal or f"host key refused: {exc.reason}") from None
+    except asyncssh.PermissionDenied:
+        methods = " and ".join(
+            name for name, used in (("key " + str(settings.key_file), settings.key_file),
+                                    ("password", password)) if used
+        ) or "default keys"
+        raise AuthenticationError(
+            f"authentication failed for {settings.describe()} (tried {methods})"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise TransientError(f"cannot connect to {settings.describe()}: {_reason(exc)}") from exc
+    try:
+        try:
+            sftp = await connection.start_sftp_client()
+        except (OSError, asyncssh.Error) as exc:
+            raise TransientError(f"cannot start SFTP on {settings.describe()}: {_reason(exc)}") \
+                from exc
+        log.debug("connected to %s, cipher %s", settings.describe(),
+                  connection.get_extra_info("send_cipher"))
+        yield RemoteSession(connection, sftp, settings)
+    finally:
+        connection.close()
+        with contextlib.suppress(OSError, asyncssh.Error):
+            await connection.wait_closed()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

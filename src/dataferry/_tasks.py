@@ -1,0 +1,219 @@
+"""Tasks: what to fetch for one task's settings, fetching it with retries, then extracting.
+
+This layer knows nothing about the command line: it takes validated settings,
+reports through a :class:`TaskObserver` and raises dataferry exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ._downloads import DEFAULT_REQUESTS_IN_FLIGHT, destination_error, download_file
+from ._exceptions import DestinationError, OverwriteConflictError, TransferError
+from ._extract import ExtractLimits, detect_archive_kind, extract_archive
+from ._observer import TaskObserver
+from ._settings import ConnectionSettings, TaskSettings
+from ._ssh import RemoteFile, RemoteSession, TransientError, open_session
+
+log = logging.getLogger("dataferry.tasks")
+
+# Many small files are round-trip bound: keep this many in flight on one connection.
+FILES_IN_FLIGHT = 16
+MAX_RETRY_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    remote: RemoteFile
+    local: Path
+
+
+@dataclass
+class TaskReport:
+    task: str
+    downloaded: list[Path] = field(default_factory=list)
+    extracted: list[Path] = field(default_factory=list)
+    removed_archives: list[Path] = field(default_factory=list)
+    bytes_transferred: int = 0
+    tries: int = 0
+    seconds: float = 0.0
+
+    @property
+    def files(self) -> list[Path]:
+        """What the task leaves on disk for the user."""
+        kept = [path for path in self.downloaded if path not in self.removed_archives]
+        return kept + self.extracted
+
+
+async def plan_task(session: RemoteSession, settings: TaskSettings) -> list[PlannedFile]:
+    """Map remote files to local paths; a remote folder maps into the save folder."""
+    remote_path = settings.remote_file_path
+    if await session.is_dir(remote_path):
+        save_dir = settings.file_save_path
+        if save_dir.exists() and not save_dir.is_dir():
+            raise DestinationError(
+                f"{settings.name}: remote {remote_path} is a folder but file_save_path "
+                f"{save_dir} is a file"
+            )
+        files = await session.list_files(remote_path, settings.include)
+        if not files:
+            log.warning("%s: no files in %s match %s", settings.name, remote_path,
+                        ", ".join(settings.include))
+        return [PlannedFile(remote, save_dir / remote.name) for remote in files]
+    remote = await session.remote_file(remote_path)
+    local = settings.file_save_path
+    if local.is_dir() or str(local).endswith(("/", "\\")):
+        local = local / remote.name
+    return [PlannedFile(remote, local)]
+
+
+def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
+    """With overwrite false, refuse before transferring anything."""
+    if settings.overwrite:
+        return
+    existing = [str(item.local) for item in plan if item.local.exists()]
+    if existing:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5
+                                           else "")
+        raise OverwriteConflictError(
+            f"{settings.name}: overwrite is false and {len(existing)} file(s) already exist: "
+            f"{shown} (set overwrite to true, or move them away)"
+        )
+
+
+class _TaskRun:
+    """The state of one task across its tries: what is planned and what is done."""
+
+    def __init__(self, settings: TaskSettings, connection: ConnectionSettings,
+                 observer: TaskObserver):
+        self.settings = settings
+        self.connection = connection
+        self.observer = observer
+        self.report = TaskReport(settings.name)
+        self.done: dict[str, Path] = {}
+        self.checked_conflicts = False
+
+    async def attempt(self) -> None:
+        """One try: connect, (re)plan, fetch whatever is not done yet."""
+        name = self.settings.name
+        self.report.tries += 1
+        self.observer.state_changed(name, "connecting")
+        async with open_session(self.connection) as session:
+            self.observer.state_changed(name, "listing")
+            plan = await plan_task(session, self.settings)
+            if not self.checked_conflicts:
+                check_conflicts(self.settings, plan)
+                self.checked_conflicts = True
+                self.observer.plan_ready(name, len(plan), sum(p.remote.size for p in plan))
+            todo = [item for item in plan if item.remote.path not in self.done]
+            self.observer.state_changed(name, "transferring")
+            await self._fetch_all(session, todo)
+        # Keep the plan's order so results are reported deterministically.
+        self.report.downloaded = [self.done[item.remote.path] for item in plan
+                                  if item.remote.path in self.done]
+
+    async def _fetch_all(self, session: RemoteSession, todo: list[PlannedFile]) -> None:
+        if not todo:
+            return
+        parallel = min(FILES_IN_FLIGHT, len(todo))
+        requests_per_file = max(4, DEFAULT_REQUESTS_IN_FLIGHT // parallel)
+        queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
+        for item in todo:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            while not queue.empty():
+                item = queue.get_nowait()
+                result = await download_file(session, item.remote, item.local, self.observer,
+                                             requests_in_flight=requests_per_file)
+                self.done[item.remote.path] = result.path
+                self.report.bytes_transferred += result.bytes_transferred
+
+        workers = [asyncio.create_task(worker()) for _ in range(parallel)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def extract(self) -> None:
+        settings = self.settings
+        for path in self.report.downloaded:
+            kind = detect_archive_kind(path)
+            if kind is None:
+                continue
+            self.observer.state_changed(settings.name, "extracting")
+            log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
+            extracted = extract_archive(path, path.parent, overwrite=settings.overwrite,
+                                        limits=ExtractLimits(), kind=kind)
+            self.report.extracted.extend(extracted)
+            if not settings.keep_zip_tar_file:
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise destination_error(path, exc) from None
+                self.report.removed_archives.append(path)
+                log.debug("removed archive %s", path)
+
+
+async def run_task(
+    settings: TaskSettings, connection: ConnectionSettings, observer: TaskObserver | None = None
+) -> TaskReport:
+    """Fetch and extract one task. Transient failures are retried with backoff."""
+    observer = observer or TaskObserver()
+    run = _TaskRun(settings, connection, observer)
+    started = time.monotonic()
+    observer.task_started(settings.name)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s: %s; try %d of %d in %.1f s", settings.name, error,
+                    state.attempt_number + 1, settings.max_tries, delay)
+        observer.retrying(settings.name, state.attempt_number, settings.max_tries, delay,
+                          str(error))
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(settings.max_tries),
+        wait=wait_exponential_jitter(
+            initial=settings.retry_delay,
+            max=max(MAX_RETRY_WAIT, settings.retry_delay),
+            jitter=settings.retry_delay / 2,
+        ),
+        retry=retry_if_exception_type(TransientError),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await run.attempt()
+        except TransientError as exc:
+            raise TransferError(
+                f"{settings.name}: failed after {settings.max_tries} "
+                f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
+            ) from None
+        run.extract()
+    except Exception as exc:
+        observer.state_changed(settings.name, "failed")
+        observer.error(settings.name, str(exc))
+        raise
+    run.report.seconds = time.monotonic() - started
+    observer.state_changed(settings.name, "done")
+    observer.task_finished(settings.name, len(run.report.files), run.report.bytes_transferred,
+                           run.report.seconds)
+    return run.report

@@ -1,0 +1,253 @@
+"""The three tasks end to end against real servers (OpenSSH sshd and the embedded one)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import Remote
+from pydantic import SecretStr
+
+from dataferry import (
+    AuthenticationError,
+    HostKeyError,
+    OverwriteConflictError,
+    RemotePathError,
+    TaskObserver,
+    TaskSettings,
+    TransferError,
+    run_task,
+)
+from dataferry._settings import ConnectionSettings, HostKeyPolicy
+from dataferry._ssh import _host_label
+
+
+class Recorder(TaskObserver):
+    def __init__(self) -> None:
+        self.retries: list[str] = []
+        self.finished: list[str] = []
+
+    def retrying(self, task: str, attempt: int, max_tries: int, delay: float, error: str) -> None:
+        self.retries.append(error)
+
+    def file_finished(self, remote_path: str, local_path: str, size: int) -> None:
+        self.finished.append(remote_path)
+
+
+def csv_bytes(rows: int, seed: int = 0) -> bytes:
+    lines = ["event_date,event_name,user_pseudo_id"]
+    lines += [f"2024-01-{1 + i % 28:02d},screen_view,{seed}-{i}" for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def make_tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as archive:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def task(remote: Remote, remote_file: Path | str, save: Path, **values: object) -> TaskSettings:
+    remote_path = remote.path(remote_file) if isinstance(remote_file, Path) else remote_file
+    return TaskSettings.model_validate({
+        "name": "t", "file_save_path": save, "remote_file_path": remote_path,
+        "retry_delay": 0, **values,
+    })
+
+
+def run(settings: TaskSettings, connection: ConnectionSettings,
+        observer: TaskObserver | None = None):  # type: ignore[no-untyped-def]
+    return asyncio.run(run_task(settings, connection, observer))
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_task_1_zip_is_fetched_extracted_and_removed(remote: Remote, tmp_path: Path) -> None:
+    data = csv_bytes(5000)
+    make_zip(remote.root / "january-small.csv.zip", {"january-small.csv": data})
+    save = tmp_path / "data" / "task1" / "january-small.csv.zip"
+    report = run(task(remote, remote.root / "january-small.csv.zip", save), remote.connection)
+    assert (save.parent / "january-small.csv").read_bytes() == data
+    assert not save.exists()  # keep_zip_tar_file defaults to false
+    assert report.files == [save.parent / "january-small.csv"]
+    assert snapshot(save.parent).keys() == {"january-small.csv"}  # no partial files left
+
+
+def test_task_2_tar_gz_kept_when_asked(remote: Remote, tmp_path: Path) -> None:
+    members = {"february-small/february-small.csv": csv_bytes(3000, 1)}
+    source = make_tar(remote.root / "february-small.tar.gz", members)
+    save = tmp_path / "task2" / "february-small.tar.gz"
+    run(task(remote, source, save, keep_zip_tar_file="True"), remote.connection)
+    assert save.read_bytes() == source.read_bytes()
+    assert (save.parent / "february-small/february-small.csv").read_bytes() == members[
+        "february-small/february-small.csv"]
+
+
+def test_archive_type_comes_from_content_not_name(remote: Remote, tmp_path: Path) -> None:
+    # A bzip2 tar named .zip, and a zip named .tar.gz.
+    tar = make_tar(remote.root / "odd.zip", {"inside-tar.csv": b"a,b\n"}, mode="w:bz2")
+    fake = make_zip(remote.root / "odd.tar.gz", {"inside-zip.csv": b"c,d\n"})
+    run(task(remote, tar, tmp_path / "one" / "odd.zip"), remote.connection)
+    run(task(remote, fake, tmp_path / "two" / "odd.tar.gz"), remote.connection)
+    assert (tmp_path / "one/inside-tar.csv").read_bytes() == b"a,b\n"
+    assert (tmp_path / "two/inside-zip.csv").read_bytes() == b"c,d\n"
+
+
+def test_task_3_folder_with_spaces_and_other_files(remote: Remote, tmp_path: Path) -> None:
+    folder = remote.root / "march-small"
+    folder.mkdir()
+    (folder / "march 1.csv").write_bytes(csv_bytes(100, 1))
+    (folder / "march-2.csv").write_bytes(csv_bytes(100, 2))
+    make_zip(folder / "march 3.zip", {"march 3.csv": csv_bytes(100, 3)})
+    (folder / "README.txt").write_text("skip me")
+    (folder / "nested").mkdir()
+    (folder / "nested" / "deep.csv").write_text("not fetched: not directly in the folder")
+    save = tmp_path / "task3"
+    report = run(task(remote, folder, save), remote.connection)
+    assert snapshot(save) == {
+        "march 1.csv": csv_bytes(100, 1),
+        "march-2.csv": csv_bytes(100, 2),
+        "march 3.csv": csv_bytes(100, 3),
+    }
+    assert sorted(p.name for p in report.files) == ["march 1.csv", "march 3.csv", "march-2.csv"]
+
+
+def test_task_3_include_patterns(remote: Remote, tmp_path: Path) -> None:
+    folder = remote.root / "mixed"
+    folder.mkdir()
+    for name in ("a.csv", "b.json", "c.txt"):
+        (folder / name).write_text(name)
+    run(task(remote, folder, tmp_path / "out", include=["*.json", "*.txt"]), remote.connection)
+    assert snapshot(tmp_path / "out") == {"b.json": b"b.json", "c.txt": b"c.txt"}
+
+
+def test_plain_file_into_existing_folder(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "notes.bin"
+    source.write_bytes(bytes(range(256)) * 4000)
+    (tmp_path / "dest").mkdir()
+    run(task(remote, source, tmp_path / "dest"), remote.connection)
+    assert (tmp_path / "dest" / "notes.bin").read_bytes() == source.read_bytes()
+
+
+def test_missing_remote_path_fails_at_once(remote: Remote, tmp_path: Path) -> None:
+    recorder = Recorder()
+    settings = task(remote, str(remote.path(remote.root / "nope.zip")), tmp_path / "x.zip",
+                    max_tries=5, retry_delay=30)
+    with pytest.raises(RemotePathError, match="remote path not found: .*nope.zip"):
+        run(settings, remote.connection, recorder)
+    assert recorder.retries == []
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_overwrite_false_refuses_before_transferring(remote: Remote, tmp_path: Path) -> None:
+    folder = remote.root / "f"
+    folder.mkdir()
+    (folder / "a.csv").write_text("new a")
+    (folder / "b.csv").write_text("new b")
+    save = tmp_path / "save"
+    save.mkdir()  # an existing folder alone is no conflict
+    (save / "b.csv").write_text("old b")
+    before = snapshot(save)
+    with pytest.raises(OverwriteConflictError, match=r"1 file\(s\) already exist: .*b\.csv"):
+        run(task(remote, folder, save, overwrite=False), remote.connection)
+    assert snapshot(save) == before
+    assert sorted(p.name for p in save.iterdir()) == ["b.csv"]
+    # Into an empty existing folder it works, and with overwrite true it replaces.
+    run(task(remote, folder, save, overwrite=True), remote.connection)
+    assert snapshot(save) == {"a.csv": b"new a", "b.csv": b"new b"}
+
+
+def _with_known_hosts(connection: ConnectionSettings, path: Path,
+                      policy: HostKeyPolicy) -> ConnectionSettings:
+    return connection.model_copy(update={"known_hosts": path, "host_key_policy": policy})
+
+
+def test_unknown_host_key_strict_refuses(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "a.csv"
+    source.write_text("x")
+    connection = _with_known_hosts(remote.connection, tmp_path / "empty_known_hosts",
+                                   HostKeyPolicy.STRICT)
+    recorder = Recorder()
+    with pytest.raises(HostKeyError, match="is not known.*ssh-keyscan"):
+        run(task(remote, source, tmp_path / "a.csv", max_tries=3), connection, recorder)
+    assert recorder.retries == []
+    assert not (tmp_path / "empty_known_hosts").exists()
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_accept_new_records_then_refuses_a_changed_key(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "a.csv"
+    source.write_text("x")
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    connection = _with_known_hosts(remote.connection, known_hosts, HostKeyPolicy.ACCEPT_NEW)
+    run(task(remote, source, tmp_path / "a.csv"), connection)
+    recorded = known_hosts.read_text()
+    assert recorded == remote.connection.known_hosts.read_text()  # the server's real key
+    # Now the "server" presents another key: replace the recorded one with a stranger's.
+    label = _host_label(connection.host, connection.port)
+    import asyncssh
+
+    stranger = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    known_hosts.write_text(f"{label} {stranger}")
+    for policy in (HostKeyPolicy.ACCEPT_NEW, HostKeyPolicy.STRICT):
+        changed = _with_known_hosts(remote.connection, known_hosts, policy)
+        with pytest.raises(HostKeyError, match="has CHANGED"):
+            run(task(remote, source, tmp_path / "b.csv"), changed)
+    assert known_hosts.read_text() == f"{label} {stranger}"
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_wrong_password_fails_fast_without_retrying(remote: Remote, tmp_path: Path,
+                                                     request: pytest.FixtureRequest) -> None:
+    if remote.kind == "openssh":
+        user, _ = request.getfixturevalue("password_user")
+    else:
+        user = remote.connection.username
+    connection = remote.connection.model_copy(
+        update={"username": user, "password": SecretStr("wrong-Secret-42"), "key_file": None})
+    recorder = Recorder()
+    with pytest.raises(AuthenticationError) as caught:
+        run(task(remote, "/x", tmp_path / "x", max_tries=4, retry_delay=30), connection,
+            recorder)
+    assert "authentication failed" in str(caught.value)
+    assert "wrong-Secret-42" not in str(caught.value)
+    assert recorder.retries == []
+
+
+def test_password_login_to_sshd(password_user: tuple[str, str], sshd_server, tmp_path: Path,
+                                remote: Remote) -> None:  # type: ignore[no-untyped-def]
+    if remote.kind != "openssh":
+        pytest.skip("password login to sshd; the embedded server is covered by other tests")
+    user, password = password_user
+    home = Path("/home") / user
+    (home / "hello.csv").write_text("a,b\n1,2\n")
+    connection = remote.connection.model_copy(
+        update={"username": user, "password": SecretStr(password), "key_file": None})
+    run(task(remote, str(home / "hello.csv"), tmp_path / "hello.csv"), connection)
+    assert (tmp_path / "hello.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_refused_connection_is_retried_then_exit_5(remote: Remote, tmp_path: Path) -> None:
+    from sshd import free_port
+
+    connection = remote.connection.model_copy(update={"port": free_port()})
+    recorder = Recorder()
+    with pytest.raises(TransferError, match="failed after 3 tries: cannot connect"):
+        run(task(remote, "/x", tmp_path / "x", max_tries=3), connection, recorder)
+    assert len(recorder.retries) == 2
