@@ -113,7 +113,7 @@ def run_row(
             res = results[peer.name]
             res.command = res.command or invocation.shell()
             log = logs / f"{row.key}-{peer.name}-{rep + 1}.log"
-            timing = run_timed(invocation, cwd=REPO, log=log, timeout=timeout)
+            timing = run_timed(invocation, cwd=scratch, log=log, timeout=timeout)
             if timing.timed_out:
                 error: str | None = f"timed out after {timeout:.0f} s"
             elif timing.returncode != 0:
@@ -145,8 +145,16 @@ def _endpoints(
         lines.append(f"[{server.host}]:{proxy.port} {server.host_public_key}")
     known_hosts.write_text("\n".join(lines) + "\n")
 
+    # Log in as the fixtures' throwaway user when there is one (we are root): its
+    # login shell is plain sh. Debian's bash sources ~/.bashrc for every command
+    # run over ssh, and a heavy one (pyenv init...) would add ~60 ms to each of
+    # rclone's per-file checksum commands and to `ssh cat`, a cost of this
+    # machine's root account, not of the tools. AuthorizedKeysFile is absolute,
+    # so the client key works for any user.
+    user = server.password_user or server.username
+
     def endpoint(port: int) -> Endpoint:
-        return Endpoint(server.host, port, server.username, server.client_key, known_hosts)
+        return Endpoint(server.host, port, user, server.client_key, known_hosts)
 
     return endpoint(server.port), endpoint(proxy.port) if proxy else None
 
@@ -157,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if not plan:
         print("nothing to run", file=sys.stderr)
         return 2
-    needed = {"sshd", "ssh-keygen"} | {t for _, ps in plan for p in ps for t in p.tools}
+    needed = {"sshd", "ssh-keygen", "/usr/bin/time"} | {
+        t for _, ps in plan for p in ps for t in p.tools
+    }
     still_missing = tools.ensure(needed)
     if still_missing:
         print(
@@ -193,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             for row, peers in plan:
                 endpoint = far if row.far else direct
                 assert endpoint is not None
-                results.append(run_row(row, peers, loaded[row.workload], endpoint, args, run_dir))
+                before = proxy.stats.bytes_to_client if proxy else 0
+                result = run_row(row, peers, loaded[row.workload], endpoint, args, run_dir)
+                if row.far and proxy is not None:
+                    # Evidence that the far row really went through the delay line.
+                    result.proxy_bytes_to_client = proxy.stats.bytes_to_client - before
+                results.append(result)
         finally:
             if proxy is not None:
                 proxy_stats = dict(proxy.stats.__dict__)

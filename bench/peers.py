@@ -172,7 +172,8 @@ def seed(job: Job) -> Invocation:
             *extract,
             str(job.remote),
             str(job.target),
-        ]
+        ],
+        {"PYTHONPATH": str(REPO)},  # runs from the scratch folder, like every peer
     )
 
 

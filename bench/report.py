@@ -41,6 +41,7 @@ class RowResult:
     title: str
     total_bytes: int
     peers: dict[str, PeerResult]
+    proxy_bytes_to_client: int | None = None  # far rows: what the delay proxy forwarded
 
     def ratio(self, peer: str) -> float | None:
         mine = self.peers.get(DATAFERRY)
@@ -115,6 +116,7 @@ def to_json(
                 "title": res.title,
                 "link": res.row.link,
                 "bytes": res.total_bytes,
+                "proxy_bytes_to_client": res.proxy_bytes_to_client,
                 "peers": peers,
                 "ratios": {n: _round(res.ratio(n)) for n in res.peers if n != DATAFERRY},
                 "targets": [

@@ -13,13 +13,18 @@ from pathlib import Path
 
 from bench.peers import Invocation
 
+# GNU time reports its child's ru_maxrss. Measuring through it matters: a
+# child forked straight from this (large) Python process would report at
+# least our own RSS, because the kernel counts the pre-exec copy of our memory.
+GNU_TIME = "/usr/bin/time"
+
 
 @dataclass(frozen=True)
 class Timing:
     seconds: float
     returncode: int
-    # ru_maxrss from wait4(): the process's peak resident set, or that of a
-    # descendant it waited for if larger (not a sum over concurrent processes).
+    # Peak resident set of the command (or of a descendant it waited for, if
+    # larger: a pipeline reports its largest member, not a sum).
     maxrss_kib: int
     timed_out: bool
 
@@ -38,10 +43,14 @@ def run_timed(invocation: Invocation, *, cwd: Path, log: Path, timeout: float) -
         expired.set()
         _kill_group(pid)
 
+    rss_file = log.with_suffix(".rss")
+    argv = invocation.argv
+    if os.access(GNU_TIME, os.X_OK):
+        argv = [GNU_TIME, "--format", "%M", "--output", str(rss_file), *argv]
     with open(log, "wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
-            invocation.argv,
+            argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -58,7 +67,22 @@ def run_timed(invocation: Invocation, *, cwd: Path, log: Path, timeout: float) -
             timer.cancel()
         elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped: tell Popen
-    return Timing(elapsed, process.returncode, usage.ru_maxrss, expired.is_set())
+    maxrss = _read_rss(rss_file) if argv is not invocation.argv else None
+    return Timing(
+        elapsed,
+        process.returncode,
+        usage.ru_maxrss if maxrss is None else maxrss,
+        expired.is_set(),
+    )
+
+
+def _read_rss(path: Path) -> int | None:
+    """The KiB GNU time wrote (its last line; earlier ones report a signal)."""
+    try:
+        lines = path.read_text().split()
+    except OSError:
+        return None
+    return int(lines[-1]) if lines and lines[-1].isdigit() else None
 
 
 def log_tail(log: Path, limit: int = 600) -> str:

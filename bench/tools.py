@@ -18,6 +18,7 @@ PACKAGES = {
     "unzip": "unzip",
     "tar": "tar",
     "bash": "bash",
+    "/usr/bin/time": "time",
 }
 
 

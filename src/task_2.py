@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """task_2: the seed's script, kept for its command line; the work is done by dataferry.
 
-    python src/task_2.py --task task_2 --config_file config.json
-    python src/task_2.py --file_save_path PATH --remote_file_path PATH ...
+python src/task_2.py --task task_2 --config_file config.json
+python src/task_2.py --file_save_path PATH --remote_file_path PATH ...
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # src/dataferry without installing
 
-from dataferry.cli import run_seed_script  # noqa: E402
+from dataferry.cli import run_seed_script
 
 if __name__ == "__main__":
     sys.exit(run_seed_script("task_2", __file__))

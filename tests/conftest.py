@@ -21,10 +21,9 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sshd import OpenSSHServer, ensure_password_user, sshd_available, start_sshd  # noqa: E402
-
-from dataferry._server import EmbeddedSFTPServer  # noqa: E402
-from dataferry._settings import ConnectionSettings, HostKeyPolicy  # noqa: E402
+from dataferry._server import EmbeddedSFTPServer
+from dataferry._settings import ConnectionSettings, HostKeyPolicy
+from sshd import OpenSSHServer, ensure_password_user, sshd_available, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,9 +84,18 @@ class Remote:
         """Environment variables for running the CLI against this server."""
         settings = self.connection
         env = {
-            key: value for key, value in os.environ.items()
-            if key not in ("REMOTE_HOST_ADDRESS", "REMOTE_PORT", "USERNAME", "PASSWORD",
-                           "SSH_KEY_FILE", "SSH_KNOWN_HOSTS", "SSH_HOST_KEY_POLICY")
+            key: value
+            for key, value in os.environ.items()
+            if key
+            not in (
+                "REMOTE_HOST_ADDRESS",
+                "REMOTE_PORT",
+                "USERNAME",
+                "PASSWORD",
+                "SSH_KEY_FILE",
+                "SSH_KNOWN_HOSTS",
+                "SSH_HOST_KEY_POLICY",
+            )
         }
         env.update(
             REMOTE_HOST_ADDRESS=settings.host,
@@ -106,8 +114,11 @@ class Remote:
 def sshd_connection(server: OpenSSHServer, known_hosts: Path) -> ConnectionSettings:
     server.write_known_hosts(known_hosts)
     return ConnectionSettings(
-        host=server.host, port=server.port, username=server.username,
-        key_file=server.client_key, known_hosts=known_hosts,
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        key_file=server.client_key,
+        known_hosts=known_hosts,
         host_key_policy=HostKeyPolicy.STRICT,
     )
 
@@ -115,8 +126,11 @@ def sshd_connection(server: OpenSSHServer, known_hosts: Path) -> ConnectionSetti
 def embedded_connection(server: EmbeddedSFTPServer, known_hosts: Path) -> ConnectionSettings:
     server.write_known_hosts(known_hosts)
     return ConnectionSettings(
-        host=server.host, port=server.port, username=server.username,
-        password=SecretStr(server.password), known_hosts=known_hosts,
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        password=SecretStr(server.password),
+        known_hosts=known_hosts,
         host_key_policy=HostKeyPolicy.STRICT,
     )
 
@@ -144,10 +158,16 @@ def password_user(sshd_server: OpenSSHServer) -> tuple[str, str]:
     return sshd_server.password_user, sshd_server.password
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m dataferry`` (or a seed script) as a user would, capturing output."""
     return subprocess.run(
-        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, Remote, run_cli
 
 SCRIPTS = REPO / "src"
 
 
-def write_config(directory: Path, tasks: dict[str, dict[str, object]],
-                 common: dict[str, object] | None = None) -> Path:
+def write_config(
+    directory: Path, tasks: dict[str, dict[str, object]], common: dict[str, object] | None = None
+) -> Path:
     path = directory / "config.json"
     path.write_text(json.dumps({"common": common or {"retry_delay": 0}, **tasks}))
     return path
 
 
-def assert_one_line_error(result, code: int, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *fragments: str
+) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("dataferry: error:")]
@@ -33,9 +38,18 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:  # type: 
 def test_seed_script_help(number: int, tmp_path: Path) -> None:
     result = run_cli([str(SCRIPTS / f"task_{number}.py"), "--help"], {}, tmp_path)
     assert result.returncode == 0
-    for flag in ("--task", "--config_file", "--file_save_path", "--remote_file_path",
-                 "--keep_zip_tar_file", "--max_tries", "--retry_delay", "--log-level",
-                 "--overwrite", "exit codes"):
+    for flag in (
+        "--task",
+        "--config_file",
+        "--file_save_path",
+        "--remote_file_path",
+        "--keep_zip_tar_file",
+        "--max_tries",
+        "--retry_delay",
+        "--log-level",
+        "--overwrite",
+        "exit codes",
+    ):
         assert flag in result.stdout
 
 
@@ -51,10 +65,20 @@ def test_dataferry_help_lists_commands(tmp_path: Path) -> None:
 def test_seed_script_with_config_file(remote: Remote, tmp_path: Path) -> None:
     with zipfile.ZipFile(remote.root / "jan.csv.zip", "w") as archive:
         archive.writestr("jan.csv", "a,b\n1,2\n")
-    write_config(tmp_path, {"task_1": {"file_save_path": "./data/task1/jan.csv.zip",
-                                       "remote_file_path": remote.path(remote.root / "jan.csv.zip")}})
-    result = run_cli([str(SCRIPTS / "task_1.py"), "--task", "task_1", "--config_file",
-                      "config.json"], remote.env(), tmp_path)
+    write_config(
+        tmp_path,
+        {
+            "task_1": {
+                "file_save_path": "./data/task1/jan.csv.zip",
+                "remote_file_path": remote.path(remote.root / "jan.csv.zip"),
+            }
+        },
+    )
+    result = run_cli(
+        [str(SCRIPTS / "task_1.py"), "--task", "task_1", "--config_file", "config.json"],
+        remote.env(),
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data/task1/jan.csv").read_text() == "a,b\n1,2\n"
     assert "task_1: 1 file(s) ready" in result.stdout
@@ -63,19 +87,46 @@ def test_seed_script_with_config_file(remote: Remote, tmp_path: Path) -> None:
 def test_flags_override_config_and_work_without_it(remote: Remote, tmp_path: Path) -> None:
     source = remote.root / "feb.tar.gz"
     shutil.make_archive(str(remote.root / "feb"), "gztar", root_dir=REPO, base_dir="config.json")
-    write_config(tmp_path, {"task_2": {"file_save_path": "./data/unused.tar.gz",
-                                       "remote_file_path": "/does/not/exist.tar.gz"}})
+    write_config(
+        tmp_path,
+        {
+            "task_2": {
+                "file_save_path": "./data/unused.tar.gz",
+                "remote_file_path": "/does/not/exist.tar.gz",
+            }
+        },
+    )
     # Flags beat the file (the seed ignored them whenever a config file was given).
-    result = run_cli([str(SCRIPTS / "task_2.py"), "--config_file", "config.json",
-                      "--remote_file_path", remote.path(source),
-                      "--file_save_path", "./data/f.tar.gz", "--keep_zip_tar_file", "True"],
-                     remote.env(), tmp_path)
+    result = run_cli(
+        [
+            str(SCRIPTS / "task_2.py"),
+            "--config_file",
+            "config.json",
+            "--remote_file_path",
+            remote.path(source),
+            "--file_save_path",
+            "./data/f.tar.gz",
+            "--keep_zip_tar_file",
+            "True",
+        ],
+        remote.env(),
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data/f.tar.gz").read_bytes() == source.read_bytes()
     assert (tmp_path / "data/config.json").read_bytes() == (REPO / "config.json").read_bytes()
     # No config file at all, as in the seed's docs.
-    result = run_cli([str(SCRIPTS / "task_2.py"), "--file_save_path", "./other/f.tar.gz",
-                      "--remote_file_path", remote.path(source)], remote.env(), tmp_path)
+    result = run_cli(
+        [
+            str(SCRIPTS / "task_2.py"),
+            "--file_save_path",
+            "./other/f.tar.gz",
+            "--remote_file_path",
+            remote.path(source),
+        ],
+        remote.env(),
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "other/config.json").exists()
     assert not (tmp_path / "other/f.tar.gz").exists()
@@ -85,43 +136,81 @@ def test_exit_codes(remote: Remote, tmp_path: Path) -> None:
     source = remote.root / "a.csv"
     source.write_text("a\n")
     (remote.root / "broken.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
-    write_config(tmp_path, {
-        "ok": {"file_save_path": "./out/a.csv", "remote_file_path": remote.path(source)},
-        "bad": {"file_save_path": "./x", "remote_file_path": "/x", "max_tries": "abc"},
-        "missing": {"file_save_path": "./m", "remote_file_path": remote.path(remote.root / "m")},
-        "broken": {"file_save_path": "./b/broken.zip",
-                   "remote_file_path": remote.path(remote.root / "broken.zip")},
-    }, common={"retry_delay": 0, "overwrite": False})
+    write_config(
+        tmp_path,
+        {
+            "ok": {"file_save_path": "./out/a.csv", "remote_file_path": remote.path(source)},
+            "bad": {"file_save_path": "./x", "remote_file_path": "/x", "max_tries": "abc"},
+            "missing": {
+                "file_save_path": "./m",
+                "remote_file_path": remote.path(remote.root / "m"),
+            },
+            "broken": {
+                "file_save_path": "./b/broken.zip",
+                "remote_file_path": remote.path(remote.root / "broken.zip"),
+            },
+        },
+        common={"retry_delay": 0, "overwrite": False},
+    )
     env = remote.env()
     dataferry = ["-m", "dataferry", "run"]
-    assert_one_line_error(run_cli([*dataferry, "bad"], env, tmp_path), 2,
-                          'config.json: bad.max_tries: expected a whole number, got "abc"')
-    assert_one_line_error(run_cli([*dataferry, "nope"], env, tmp_path), 2,
-                          'no task "nope"; tasks in this file: ok, bad, missing, broken')
-    assert_one_line_error(run_cli([*dataferry, "ok", "--overwrite", "perhaps"], env, tmp_path),
-                          2, '--overwrite: expected true or false, got "perhaps"')
-    assert_one_line_error(run_cli([*dataferry, "missing"], env, tmp_path), 4,
-                          "remote path not found")
+    assert_one_line_error(
+        run_cli([*dataferry, "bad"], env, tmp_path),
+        2,
+        'config.json: bad.max_tries: expected a whole number, got "abc"',
+    )
+    assert_one_line_error(
+        run_cli([*dataferry, "nope"], env, tmp_path),
+        2,
+        'no task "nope"; tasks in this file: ok, bad, missing, broken',
+    )
+    assert_one_line_error(
+        run_cli([*dataferry, "ok", "--overwrite", "perhaps"], env, tmp_path),
+        2,
+        '--overwrite: expected true or false, got "perhaps"',
+    )
+    assert_one_line_error(
+        run_cli([*dataferry, "missing"], env, tmp_path), 4, "remote path not found"
+    )
     assert_one_line_error(run_cli([*dataferry, "broken"], env, tmp_path), 6, "broken.zip")
     assert (tmp_path / "b/broken.zip").exists()  # kept for inspection
     assert run_cli([*dataferry, "ok"], env, tmp_path).returncode == 0
     assert_one_line_error(run_cli([*dataferry, "ok"], env, tmp_path), 7, "already exist")
     closed = {**env, "REMOTE_PORT": "1"}
-    assert_one_line_error(run_cli([*dataferry, "ok", "--overwrite", "true", "--max_tries", "2"],
-                                  closed, tmp_path), 5, "failed after 2 tries")
+    assert_one_line_error(
+        run_cli([*dataferry, "ok", "--overwrite", "true", "--max_tries", "2"], closed, tmp_path),
+        5,
+        "failed after 2 tries",
+    )
     unknown = {**env, "SSH_KNOWN_HOSTS": str(tmp_path / "none")}
-    assert_one_line_error(run_cli([*dataferry, "ok", "--overwrite", "true"], unknown, tmp_path),
-                          3, "is not known")
+    assert_one_line_error(
+        run_cli([*dataferry, "ok", "--overwrite", "true"], unknown, tmp_path), 3, "is not known"
+    )
     no_host = {key: value for key, value in env.items() if key != "REMOTE_HOST_ADDRESS"}
-    assert_one_line_error(run_cli([*dataferry, "ok"], no_host, tmp_path), 2,
-                          "REMOTE_HOST_ADDRESS is not set")
+    assert_one_line_error(
+        run_cli([*dataferry, "ok"], no_host, tmp_path), 2, "REMOTE_HOST_ADDRESS is not set"
+    )
 
 
 def test_password_never_printed(remote: Remote, tmp_path: Path) -> None:
     env = {**remote.env(), "PASSWORD": "Very-Secret-Word-9", "SSH_KEY_FILE": ""}
     env.pop("SSH_KEY_FILE")
-    result = run_cli(["-m", "dataferry", "run", "t", "--file_save_path", "./x",
-                      "--remote_file_path", "/x", "--log-level", "DEBUG"], env, tmp_path)
+    result = run_cli(
+        [
+            "-m",
+            "dataferry",
+            "run",
+            "t",
+            "--file_save_path",
+            "./x",
+            "--remote_file_path",
+            "/x",
+            "--log-level",
+            "DEBUG",
+        ],
+        env,
+        tmp_path,
+    )
     assert result.returncode == 3, result.stderr
     assert "Very-Secret-Word-9" not in result.stderr + result.stdout
 
@@ -129,10 +218,16 @@ def test_password_never_printed(remote: Remote, tmp_path: Path) -> None:
 def test_run_all(remote: Remote, tmp_path: Path) -> None:
     for name in ("one", "two"):
         (remote.root / f"{name}.csv").write_text(name)
-    write_config(tmp_path, {
-        name: {"file_save_path": f"./all/{name}.csv",
-               "remote_file_path": remote.path(remote.root / f"{name}.csv")}
-        for name in ("one", "two")})
+    write_config(
+        tmp_path,
+        {
+            name: {
+                "file_save_path": f"./all/{name}.csv",
+                "remote_file_path": remote.path(remote.root / f"{name}.csv"),
+            }
+            for name in ("one", "two")
+        },
+    )
     result = run_cli(["-m", "dataferry", "run", "--all"], remote.env(), tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["one.csv", "two.csv"]

@@ -33,7 +33,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SampleDataset:
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {
-        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 

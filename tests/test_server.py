@@ -6,12 +6,19 @@ Each test runs its own event loop with ``asyncio.run`` and its own server.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
+import hmac
+import os
 import shlex
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,21 +40,23 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(bounded())
 
 
-def connect(
+@contextlib.asynccontextmanager
+async def connect(
     server: EmbeddedSFTPServer, known_hosts: Path, **options: Any
-) -> asyncssh.connection._ConnectionContextManager:  # what asyncssh.connect returns
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
     options.setdefault("password", server.password)
-    return asyncssh.connect(
+    options.setdefault("username", server.username)
+    async with asyncssh.connect(
         server.connect_host,
         server.port,
-        username=options.pop("username", server.username),
         known_hosts=str(known_hosts),
         # Hermetic: no keys, agent or ssh config from the machine running the tests.
         client_keys=options.pop("client_keys", None),
         agent_path=None,
         config=None,
         **options,
-    )
+    ) as conn:
+        yield conn
 
 
 def with_server(
@@ -82,6 +91,7 @@ def jail(tmp_path: Path) -> Path:
     (root / "escape-file").symlink_to("../outside/secret.txt")
     (root / "escape-abs").symlink_to(outside / "secret.txt")
     (root / "escape-dir").symlink_to(outside)
+    os.mkfifo(root / "data" / "pipe")  # must never block the server
     return root
 
 
@@ -109,7 +119,9 @@ def test_lists_and_reads_the_sample_tree_byte_for_byte(
             # The parallel block download path too, into a local file.
             spaced = f"{MARCH_REMOTE_DIR}/march small 2.csv"
             await sftp.get(spaced, tmp_path / "copy.csv", block_size=16384)
-            assert (tmp_path / "copy.csv").read_bytes() == sample.file(spaced).local_path.read_bytes()
+            assert (tmp_path / "copy.csv").read_bytes() == sample.file(
+                spaced
+            ).local_path.read_bytes()
 
     with_server(sample.root, tmp_path, body)
 
@@ -142,8 +154,9 @@ def test_env_lines_quote_awkward_passwords(tmp_path: Path) -> None:
     server.port = 2222  # not started: only formatting is under test
     env_file = tmp_path / "x.env"
     env_file.write_text("\n".join(server.env_lines(tmp_path / "kh")) + "\n")
-    values = dotenv_values(env_file, interpolate=False)
-    assert values["PASSWORD"] == password
+    for interpolate in (True, False):
+        values = dotenv_values(env_file, interpolate=interpolate)
+        assert values["PASSWORD"] == password
     assert values["SSH_KNOWN_HOSTS"] == str((tmp_path / "kh").resolve())
 
 
@@ -156,7 +169,6 @@ def test_write_known_hosts_replaces_only_this_servers_entry(tmp_path: Path) -> N
     other.port = 2223
     known_hosts = tmp_path / "known_hosts"
     stale_key = " ".join(old.known_hosts_line().split()[1:])
-    hashed = asyncssh.import_known_hosts  # noqa: F841 - keeps the import meaningful
     known_hosts.write_text(
         "# my hosts\n"
         f"{other.known_hosts_line()}\n"
@@ -177,10 +189,6 @@ def test_write_known_hosts_replaces_only_this_servers_entry(tmp_path: Path) -> N
 
 
 def test_hashed_known_hosts_entry_is_replaced(tmp_path: Path) -> None:
-    import base64
-    import hmac
-    import os
-
     server = EmbeddedSFTPServer(tmp_path)
     server.port = 2200
     salt = os.urandom(20)
@@ -260,7 +268,11 @@ def test_dotdot_cannot_climb_out_of_the_root(jail: Path, tmp_path: Path) -> None
             assert await sftp.realpath("/../..") == "/"
             assert await sftp.realpath("..") == "/"
             assert sorted(await sftp.listdir("/../..")) == sorted(await sftp.listdir("/"))
-            for path in ("/../outside/secret.txt", "../../outside/secret.txt", "/data/../../outside"):
+            for path in (
+                "/../outside/secret.txt",
+                "../../outside/secret.txt",
+                "/data/../../outside",
+            ):
                 with pytest.raises(asyncssh.SFTPError):
                     await sftp.stat(path)
                 with pytest.raises(asyncssh.SFTPError):
@@ -285,6 +297,8 @@ def test_symlinks_pointing_outside_the_root_are_refused(jail: Path, tmp_path: Pa
             async with sftp.open("/data/link-inside.csv", "rb") as f:
                 assert await f.read() == b"a,b\n1,2\n"
             assert await sftp.readlink("/data/link-inside.csv") == "/data/inside.csv"
+            with pytest.raises(asyncssh.SFTPFailure, match="Not a regular file"):
+                await sftp.open("/data/pipe", "rb")
 
     with_server(jail, tmp_path, body)
 
@@ -360,6 +374,9 @@ def test_sha256sum_reports_missing_paths_and_escapes(jail: Path, tmp_path: Path)
                 "sha256sum: /data: Is a directory\n"
                 "sha256sum: /escape-abs: Permission denied\n"
             )
+            result = await conn.run("sha256sum -- /data/pipe")
+            assert result.exit_status == 1
+            assert result.stderr == "sha256sum: /data/pipe: Not a regular file\n"
             result = await conn.run("sha256sum -- /../outside/secret.txt")
             assert result.exit_status == 1
             assert "outside the root" not in str(result.stdout)
@@ -400,17 +417,17 @@ def test_stop_ends_live_connections(sample: SampleDataset, tmp_path: Path) -> No
         await server.start()
         known_hosts = tmp_path / "known_hosts"
         server.write_known_hosts(known_hosts)
-        conn = await connect(server, known_hosts)
-        started = time.monotonic()
-        await server.stop()
-        await asyncio.wait_for(conn.wait_closed(), 5)
-        assert time.monotonic() - started < 5
+        async with connect(server, known_hosts) as conn:
+            await server.stop()
+            await asyncio.wait_for(conn.wait_closed(), 5)
         await server.stop()  # idempotent
 
     run(scenario())
 
 
-def test_busy_port_and_missing_root_are_config_errors(sample: SampleDataset, tmp_path: Path) -> None:
+def test_busy_port_and_missing_root_are_config_errors(
+    sample: SampleDataset, tmp_path: Path
+) -> None:
     async def scenario() -> None:
         async with EmbeddedSFTPServer(sample.root) as first:
             with pytest.raises(ConfigError, match="cannot listen"):
@@ -423,29 +440,34 @@ def test_busy_port_and_missing_root_are_config_errors(sample: SampleDataset, tmp
     run(scenario())
 
 
-def _serve_in_thread(tmp_path: Path, **kwargs: Any) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    errors: list[BaseException] = []
+class ServeThread:
+    """serve() on a thread, stopped through its stop_event; errors kept for the test."""
 
-    def target() -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, kwargs=kwargs, daemon=True)
+        self.thread.start()
+
+    def _run(self, **kwargs: Any) -> None:
         try:
-            serve(stop_event=stop, **kwargs)
-        except BaseException as exc:  # handed to the test thread, which re-raises it
-            errors.append(exc)
-            raise
+            serve(stop_event=self.stop, **kwargs)
+        except BaseException as exc:  # re-raised by the test thread in finish()
+            self.errors.append(exc)
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.errors = errors  # type: ignore[attr-defined]
-    return thread, stop
+    def wait_for(self, path: Path) -> None:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert self.thread.is_alive(), self.errors
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            time.sleep(0.02)
 
-
-def _wait_for(path: Path, thread: threading.Thread) -> None:
-    deadline = time.monotonic() + 20
-    while not path.exists():
-        assert thread.is_alive(), getattr(thread, "errors", None)
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        if self.errors:
+            raise self.errors[0]
 
 
 def test_serve_generates_sample_writes_env_and_stops(
@@ -454,8 +476,7 @@ def test_serve_generates_sample_writes_env_and_stops(
     monkeypatch.delenv("DATAFERRY_SERVE_PASSWORD", raising=False)
     root = tmp_path / "served"
     env_out = tmp_path / "conf" / ".env"
-    thread, stop = _serve_in_thread(
-        tmp_path,
+    served = ServeThread(
         root=root,
         host="127.0.0.1",
         port=0,
@@ -466,32 +487,32 @@ def test_serve_generates_sample_writes_env_and_stops(
         sample_size=200_000,
     )
     try:
-        _wait_for(env_out, thread)
+        served.wait_for(env_out)
         assert stat.S_IMODE(env_out.stat().st_mode) == 0o600
         values = dotenv_values(env_out)
         known_hosts = Path(str(values["SSH_KNOWN_HOSTS"]))
         assert known_hosts.exists()  # written next to the .env when not asked for
 
         async def check() -> None:
-            async with asyncssh.connect(
-                str(values["REMOTE_HOST_ADDRESS"]),
-                int(str(values["REMOTE_PORT"])),
-                username=values["USERNAME"],
-                password=values["PASSWORD"],
-                known_hosts=str(known_hosts),
-                client_keys=None,
-                agent_path=None,
-                config=None,
-            ) as conn, conn.start_sftp_client() as sftp:
+            async with (
+                asyncssh.connect(
+                    str(values["REMOTE_HOST_ADDRESS"]),
+                    int(str(values["REMOTE_PORT"])),
+                    username=values["USERNAME"],
+                    password=values["PASSWORD"],
+                    known_hosts=str(known_hosts),
+                    client_keys=None,
+                    agent_path=None,
+                    config=None,
+                ) as conn,
+                conn.start_sftp_client() as sftp,
+            ):
                 names = await sftp.listdir(MARCH_REMOTE_DIR)
                 assert "march small 2.csv" in names
 
         run(check())
     finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
-    assert not thread.errors  # type: ignore[attr-defined]
+        served.finish()
     err = capsys.readouterr().err
     assert str(values["PASSWORD"]) not in err
     assert f"127.0.0.1:{values['REMOTE_PORT']}" in err
@@ -506,8 +527,7 @@ def test_serve_prints_a_generated_password_only_without_env_out(
 ) -> None:
     monkeypatch.delenv("DATAFERRY_SERVE_PASSWORD", raising=False)
     known_hosts = tmp_path / "known_hosts"
-    thread, stop = _serve_in_thread(
-        tmp_path,
+    served = ServeThread(
         root=sample.root,
         host="127.0.0.1",
         port=0,
@@ -518,15 +538,13 @@ def test_serve_prints_a_generated_password_only_without_env_out(
         sample_size=None,
     )
     try:
-        _wait_for(known_hosts, thread)
+        served.wait_for(known_hosts)
         deadline = time.monotonic() + 10
         while "throwaway" not in (err := capsys.readouterr().err):
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
+        served.finish()
     password_lines = [line for line in err.splitlines() if "password:" in line]
     assert len(password_lines) == 1
     assert "throwaway dev credential" in password_lines[0]
@@ -540,8 +558,7 @@ def test_serve_takes_the_password_from_the_environment(
 ) -> None:
     monkeypatch.setenv("DATAFERRY_SERVE_PASSWORD", "from-the-env-123")
     known_hosts = tmp_path / "known_hosts"
-    thread, stop = _serve_in_thread(
-        tmp_path,
+    served = ServeThread(
         root=sample.root,
         host="127.0.0.1",
         port=0,
@@ -552,7 +569,7 @@ def test_serve_takes_the_password_from_the_environment(
         sample_size=None,
     )
     try:
-        _wait_for(known_hosts, thread)
+        served.wait_for(known_hosts)
         port = int(known_hosts.read_text().split("]:", 1)[1].split()[0])
 
         async def check() -> None:
@@ -570,6 +587,38 @@ def test_serve_takes_the_password_from_the_environment(
 
         run(check())
     finally:
-        stop.set()
-        thread.join(10)
+        served.finish()
     assert "from-the-env-123" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_exits_cleanly_on_signals(sample: SampleDataset, tmp_path: Path, sig: int) -> None:
+    env_out = tmp_path / "serve.env"
+    code = (
+        "import sys; from pathlib import Path; from dataferry._server import serve; "
+        "serve(Path(sys.argv[1]), host='127.0.0.1', port=0, username='u', password=None, "
+        "known_hosts_out=None, env_out=Path(sys.argv[2]), sample_size=None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATAFERRY_SERVE_PASSWORD"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(sample.root), str(env_out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not env_out.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)  # the signal handlers are installed before the files are written
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopping" in err
+    assert str(dotenv_values(env_out)["PASSWORD"]) not in err

@@ -21,10 +21,14 @@ def write_config(tmp_path: Path, document: object) -> ConfigFile:
 
 
 BASE = {
-    "common": {"max_tries": 4, "retry_delay": 1, "log-level": "INFO", "overwrite": "False",
-               "keep_zip_tar_file": "True"},
-    "task_1": {"file_save_path": "./data/a.zip", "remote_file_path": "/r/a.zip",
-               "max_tries": 7},
+    "common": {
+        "max_tries": 4,
+        "retry_delay": 1,
+        "log-level": "INFO",
+        "overwrite": "False",
+        "keep_zip_tar_file": "True",
+    },
+    "task_1": {"file_save_path": "./data/a.zip", "remote_file_path": "/r/a.zip", "max_tries": 7},
     "task_2": {"file_save_path": "./data/b.tar.gz", "remote_file_path": "/r/b.tar.gz"},
 }
 
@@ -50,8 +54,18 @@ def test_precedence_flag_over_task_over_common_over_default(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("True", True), ("False", False), ("true", True), ("FALSE", False), (True, True),
-     (False, False), ("yes", True), ("no", False), ("1", True), ("0", False)],
+    [
+        ("True", True),
+        ("False", False),
+        ("true", True),
+        ("FALSE", False),
+        (True, True),
+        (False, False),
+        ("yes", True),
+        ("no", False),
+        ("1", True),
+        ("0", False),
+    ],
 )
 def test_booleans_from_json_and_strings(tmp_path: Path, raw: object, expected: bool) -> None:
     config = write_config(tmp_path, {**BASE, "common": {"overwrite": raw}})
@@ -64,15 +78,14 @@ def test_booleans_from_json_and_strings(tmp_path: Path, raw: object, expected: b
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("task_2", "max_tries", "abc",
-         'task_2.max_tries: expected a whole number, got "abc"'),
+        ("task_2", "max_tries", "abc", 'task_2.max_tries: expected a whole number, got "abc"'),
         ("task_2", "max_tries", 0, "task_2.max_tries: must be greater than or equal to 1, got 0"),
         ("task_2", "max_tries", 2.5, "task_2.max_tries: expected a whole number, got 2.5"),
         ("common", "retry_delay", "soon", 'common.retry_delay: expected a number, got "soon"'),
         ("common", "retry_delay", -1, "common.retry_delay: must be greater than or equal to 0"),
         ("task_1", "overwrite", "maybe", 'task_1.overwrite: expected true or false, got "maybe"'),
         ("task_1", "keep_zip_tar_file", 3, "task_1.keep_zip_tar_file: expected true or false"),
-        ("task_1", "log-level", "LOUD", 'task_1.log-level: expected one of DEBUG, INFO'),
+        ("task_1", "log-level", "LOUD", "task_1.log-level: expected one of DEBUG, INFO"),
         ("task_1", "remote_file_path", "", "task_1.remote_file_path: must not be empty"),
         ("task_1", "include", [], "task_1.include: expected a non-empty list of glob patterns"),
         ("task_1", "maxtries", 3, "task_1.maxtries: unknown key (known keys: file_save_path"),
@@ -107,7 +120,7 @@ def test_unknown_task_lists_the_tasks(tmp_path: Path) -> None:
 
 def test_missing_paths_say_how_to_set_them(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"common": {}, "task_1": {"file_save_path": "x"}})
-    with pytest.raises(ConfigError, match="remote_file_path is required.*--remote_file_path"):
+    with pytest.raises(ConfigError, match=r"remote_file_path is required.*--remote_file_path"):
         resolve_task("task_1", config)
     with pytest.raises(ConfigError, match="the command line: file_save_path is required"):
         resolve_task("task_1", None, {"remote_file_path": "/x"})
@@ -115,9 +128,12 @@ def test_missing_paths_say_how_to_set_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("{", "invalid JSON at line 1"), ("[]", "expected a JSON object"),
-     ('{"common": 3}', "common: expected an object"),
-     ('{"task_1": "x"}', "task_1: expected an object")],
+    [
+        ("{", "invalid JSON at line 1"),
+        ("[]", "expected a JSON object"),
+        ('{"common": 3}', "common: expected an object"),
+        ('{"task_1": "x"}', "task_1: expected an object"),
+    ],
 )
 def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "config.json"
@@ -155,11 +171,16 @@ def test_connection_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [({"REMOTE_PORT": "http"}, 'REMOTE_PORT: expected a port number from 1 to 65535, got "http"'),
-     ({"REMOTE_PORT": "70000"}, "REMOTE_PORT: expected a port number"),
-     ({"SSH_HOST_KEY_POLICY": "yolo"}, "SSH_HOST_KEY_POLICY: expected strict or accept-new"),
-     ({"SSH_KEY_FILE": "/no/such/key"}, "SSH_KEY_FILE: no such file: /no/such/key"),
-     ({"REMOTE_HOST_ADDRESS": ""}, "REMOTE_HOST_ADDRESS is not set")],
+    [
+        (
+            {"REMOTE_PORT": "http"},
+            'REMOTE_PORT: expected a port number from 1 to 65535, got "http"',
+        ),
+        ({"REMOTE_PORT": "70000"}, "REMOTE_PORT: expected a port number"),
+        ({"SSH_HOST_KEY_POLICY": "yolo"}, "SSH_HOST_KEY_POLICY: expected strict or accept-new"),
+        ({"SSH_KEY_FILE": "/no/such/key"}, "SSH_KEY_FILE: no such file: /no/such/key"),
+        ({"REMOTE_HOST_ADDRESS": ""}, "REMOTE_HOST_ADDRESS is not set"),
+    ],
 )
 def test_connection_errors_never_show_the_password(extra: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -168,10 +189,12 @@ def test_connection_errors_never_show_the_password(extra: dict[str, str], messag
     assert "s3cret" not in str(caught.value)
 
 
-def test_dotenv_file_and_environment_precedence(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / ".env").write_text("REMOTE_HOST_ADDRESS=from-file\nUSERNAME=file-user\n"
-                                   "PASSWORD=pw\nREMOTE_PORT=2222\n")
+def test_dotenv_file_and_environment_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "REMOTE_HOST_ADDRESS=from-file\nUSERNAME=file-user\nPASSWORD=pw\nREMOTE_PORT=2222\n"
+    )
     monkeypatch.chdir(tmp_path)
     for key in ("REMOTE_HOST_ADDRESS", "USERNAME", "PASSWORD", "REMOTE_PORT"):
         monkeypatch.delenv(key, raising=False)
@@ -182,23 +205,40 @@ def test_dotenv_file_and_environment_precedence(tmp_path: Path,
 
 # Any config document either validates or fails with a one-line ConfigError.
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=False)
     | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8),
-                                                                       children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
-keys = st.sampled_from(["file_save_path", "remote_file_path", "keep_zip_tar_file", "max_tries",
-                        "retry_delay", "log-level", "overwrite", "include", "metrics_port",
-                        "bogus"])
+keys = st.sampled_from(
+    [
+        "file_save_path",
+        "remote_file_path",
+        "keep_zip_tar_file",
+        "max_tries",
+        "retry_delay",
+        "log-level",
+        "overwrite",
+        "include",
+        "metrics_port",
+        "bogus",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(common=st.dictionaries(keys, json_values, max_size=5),
-       task=st.dictionaries(keys, json_values, max_size=5))
-def test_any_config_is_valid_or_a_clear_error(tmp_path_factory: pytest.TempPathFactory,
-                                              common: dict[str, object],
-                                              task: dict[str, object]) -> None:
+@given(
+    common=st.dictionaries(keys, json_values, max_size=5),
+    task=st.dictionaries(keys, json_values, max_size=5),
+)
+def test_any_config_is_valid_or_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, common: dict[str, object], task: dict[str, object]
+) -> None:
     path = tmp_path_factory.mktemp("cfg") / "config.json"
     path.write_text(json.dumps({"common": common, "task_1": task}))
     try:

@@ -9,9 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Remote
 from pydantic import SecretStr
 
+from conftest import Remote, sshd_connection
 from dataferry import (
     AuthenticationError,
     HostKeyError,
@@ -24,6 +24,7 @@ from dataferry import (
 )
 from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from dataferry._ssh import _host_label
+from sshd import OpenSSHServer
 
 
 class Recorder(TaskObserver):
@@ -62,20 +63,27 @@ def make_tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
 
 def task(remote: Remote, remote_file: Path | str, save: Path, **values: object) -> TaskSettings:
     remote_path = remote.path(remote_file) if isinstance(remote_file, Path) else remote_file
-    return TaskSettings.model_validate({
-        "name": "t", "file_save_path": save, "remote_file_path": remote_path,
-        "retry_delay": 0, **values,
-    })
+    return TaskSettings.model_validate(
+        {
+            "name": "t",
+            "file_save_path": save,
+            "remote_file_path": remote_path,
+            "retry_delay": 0,
+            **values,
+        }
+    )
 
 
-def run(settings: TaskSettings, connection: ConnectionSettings,
-        observer: TaskObserver | None = None):  # type: ignore[no-untyped-def]
+def run(
+    settings: TaskSettings, connection: ConnectionSettings, observer: TaskObserver | None = None
+):  # type: ignore[no-untyped-def]
     return asyncio.run(run_task(settings, connection, observer))
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_task_1_zip_is_fetched_extracted_and_removed(remote: Remote, tmp_path: Path) -> None:
@@ -96,7 +104,8 @@ def test_task_2_tar_gz_kept_when_asked(remote: Remote, tmp_path: Path) -> None:
     run(task(remote, source, save, keep_zip_tar_file="True"), remote.connection)
     assert save.read_bytes() == source.read_bytes()
     assert (save.parent / "february-small/february-small.csv").read_bytes() == members[
-        "february-small/february-small.csv"]
+        "february-small/february-small.csv"
+    ]
 
 
 def test_archive_type_comes_from_content_not_name(remote: Remote, tmp_path: Path) -> None:
@@ -147,9 +156,14 @@ def test_plain_file_into_existing_folder(remote: Remote, tmp_path: Path) -> None
 
 def test_missing_remote_path_fails_at_once(remote: Remote, tmp_path: Path) -> None:
     recorder = Recorder()
-    settings = task(remote, str(remote.path(remote.root / "nope.zip")), tmp_path / "x.zip",
-                    max_tries=5, retry_delay=30)
-    with pytest.raises(RemotePathError, match="remote path not found: .*nope.zip"):
+    settings = task(
+        remote,
+        str(remote.path(remote.root / "nope.zip")),
+        tmp_path / "x.zip",
+        max_tries=5,
+        retry_delay=30,
+    )
+    with pytest.raises(RemotePathError, match=r"remote path not found: .*nope\.zip"):
         run(settings, remote.connection, recorder)
     assert recorder.retries == []
     assert not (tmp_path / "x.zip").exists()
@@ -173,18 +187,20 @@ def test_overwrite_false_refuses_before_transferring(remote: Remote, tmp_path: P
     assert snapshot(save) == {"a.csv": b"new a", "b.csv": b"new b"}
 
 
-def _with_known_hosts(connection: ConnectionSettings, path: Path,
-                      policy: HostKeyPolicy) -> ConnectionSettings:
+def _with_known_hosts(
+    connection: ConnectionSettings, path: Path, policy: HostKeyPolicy
+) -> ConnectionSettings:
     return connection.model_copy(update={"known_hosts": path, "host_key_policy": policy})
 
 
 def test_unknown_host_key_strict_refuses(remote: Remote, tmp_path: Path) -> None:
     source = remote.root / "a.csv"
     source.write_text("x")
-    connection = _with_known_hosts(remote.connection, tmp_path / "empty_known_hosts",
-                                   HostKeyPolicy.STRICT)
+    connection = _with_known_hosts(
+        remote.connection, tmp_path / "empty_known_hosts", HostKeyPolicy.STRICT
+    )
     recorder = Recorder()
-    with pytest.raises(HostKeyError, match="is not known.*ssh-keyscan"):
+    with pytest.raises(HostKeyError, match=r"is not known.*ssh-keyscan"):
         run(task(remote, source, tmp_path / "a.csv", max_tries=3), connection, recorder)
     assert recorder.retries == []
     assert not (tmp_path / "empty_known_hosts").exists()
@@ -213,33 +229,37 @@ def test_accept_new_records_then_refuses_a_changed_key(remote: Remote, tmp_path:
     assert not (tmp_path / "b.csv").exists()
 
 
-def test_wrong_password_fails_fast_without_retrying(remote: Remote, tmp_path: Path,
-                                                     request: pytest.FixtureRequest) -> None:
+def test_wrong_password_fails_fast_without_retrying(
+    remote: Remote, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if remote.kind == "openssh":
         user, _ = request.getfixturevalue("password_user")
     else:
         user = remote.connection.username
     connection = remote.connection.model_copy(
-        update={"username": user, "password": SecretStr("wrong-Secret-42"), "key_file": None})
+        update={"username": user, "password": SecretStr("wrong-Secret-42"), "key_file": None}
+    )
     recorder = Recorder()
     with pytest.raises(AuthenticationError) as caught:
-        run(task(remote, "/x", tmp_path / "x", max_tries=4, retry_delay=30), connection,
-            recorder)
+        run(task(remote, "/x", tmp_path / "x", max_tries=4, retry_delay=30), connection, recorder)
     assert "authentication failed" in str(caught.value)
     assert "wrong-Secret-42" not in str(caught.value)
     assert recorder.retries == []
 
 
-def test_password_login_to_sshd(password_user: tuple[str, str], sshd_server, tmp_path: Path,
-                                remote: Remote) -> None:  # type: ignore[no-untyped-def]
-    if remote.kind != "openssh":
-        pytest.skip("password login to sshd; the embedded server is covered by other tests")
+def test_password_login_to_sshd(
+    password_user: tuple[str, str], sshd_server: OpenSSHServer, tmp_path: Path
+) -> None:
     user, password = password_user
     home = Path("/home") / user
     (home / "hello.csv").write_text("a,b\n1,2\n")
-    connection = remote.connection.model_copy(
-        update={"username": user, "password": SecretStr(password), "key_file": None})
-    run(task(remote, str(home / "hello.csv"), tmp_path / "hello.csv"), connection)
+    connection = sshd_connection(sshd_server, tmp_path / "known_hosts").model_copy(
+        update={"username": user, "password": SecretStr(password), "key_file": None}
+    )
+    settings = TaskSettings(
+        name="t", file_save_path=tmp_path / "hello.csv", remote_file_path=str(home / "hello.csv")
+    )
+    run(settings, connection)
     assert (tmp_path / "hello.csv").read_text() == "a,b\n1,2\n"
 
 

@@ -26,8 +26,9 @@ from ._settings import ConfigFile, ConnectionSettings, HostKeyPolicy, resolve_ta
 from ._tasks import TaskReport, run_task
 
 
-async def _serve_and_run(config: ConfigFile, size_bytes: int, workdir: Path,
-                         observer: TaskObserver) -> list[TaskReport]:
+async def _serve_and_run(
+    config: ConfigFile, size_bytes: int, workdir: Path, observer: TaskObserver
+) -> list[TaskReport]:
     tasks = [resolve_task(name, config) for name in config.tasks]
     server_root = workdir / "server-root"
     generate_sample_dataset(server_root, size_bytes=size_bytes)
@@ -49,22 +50,31 @@ def run_demo(config_path: Path, *, size_bytes: int) -> int:
     """Run every task of config_path against the embedded server; print a summary."""
     config = ConfigFile.load(config_path)
     console = Console(file=sys.stdout)
-    console.print(f"dataferry demo: serving ~{human_bytes(size_bytes)} of generated sample data "
-                  f"on 127.0.0.1 and running the tasks of {config_path}")
+    console.print(
+        f"dataferry demo: serving ~{human_bytes(size_bytes)} of generated sample data "
+        f"on 127.0.0.1 and running the tasks of {config_path}"
+    )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dataferry-demo-") as workdir:
         reports = asyncio.run(_serve_and_run(config, size_bytes, Path(workdir), LogProgress()))
     table = Table(title="dataferry demo")
     for column in ("task", "files", "bytes", "seconds", "saved to"):
-        table.add_column(column, justify="right" if column in ("files", "bytes", "seconds")
-                         else "left")
+        table.add_column(
+            column, justify="right" if column in ("files", "bytes", "seconds") else "left"
+        )
     for report in reports:
         folders = sorted({str(path.parent) for path in report.files})
-        table.add_row(report.task, str(len(report.files)), human_bytes(report.bytes_transferred),
-                      f"{report.seconds:.2f}", ", ".join(folders))
+        table.add_row(
+            report.task,
+            str(len(report.files)),
+            human_bytes(report.bytes_transferred),
+            f"{report.seconds:.2f}",
+            ", ".join(folders),
+        )
     total_files = sum(len(report.files) for report in reports)
     total_bytes = sum(report.bytes_transferred for report in reports)
-    table.add_row("total", str(total_files), human_bytes(total_bytes),
-                  f"{time.monotonic() - started:.2f}", "")
+    table.add_row(
+        "total", str(total_files), human_bytes(total_bytes), f"{time.monotonic() - started:.2f}", ""
+    )
     console.print(table)
     return 0

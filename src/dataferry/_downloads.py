@@ -152,6 +152,12 @@ def _block_size(session: RemoteSession) -> int:
     return min(limit, MAX_BLOCK_SIZE) if limit else DEFAULT_BLOCK_SIZE
 
 
+async def _read_bytes(handle: asyncssh.SFTPClientFile, length: int, offset: int) -> bytes:
+    data = await handle.read(length, offset)
+    assert isinstance(data, bytes)  # opened in binary mode
+    return data
+
+
 async def _pipelined_copy(
     handle: asyncssh.SFTPClientFile,
     fd: int,
@@ -172,7 +178,7 @@ async def _pipelined_copy(
     pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
 
     def read(offset: int, length: int) -> asyncio.Task[bytes]:
-        return asyncio.ensure_future(handle.read(length, offset))  # type: ignore[arg-type]
+        return asyncio.ensure_future(_read_bytes(handle, length, offset))
 
     try:
         while pending or next_offset < end:
@@ -184,7 +190,7 @@ async def _pipelined_copy(
             data = await task
             while len(data) < length:
                 # A short read (server cap or a file that shrank): fetch the rest now.
-                more = await handle.read(length - len(data), offset + len(data))
+                more = await _read_bytes(handle, length - len(data), offset + len(data))
                 if not more:
                     raise TransientError(
                         f"{remote.path}: file ended at {offset + len(data)} bytes, expected "

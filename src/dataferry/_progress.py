@@ -71,14 +71,26 @@ class LogProgress(TaskObserver):
             remaining = max(totals.total_bytes - totals.done_bytes, 0)
             eta = f", ETA {remaining / rate:.0f} s" if rate > 0 else ""
             percent = 100 * totals.done_bytes / totals.total_bytes if totals.total_bytes else 100
-            log.info("%s: %s of %s (%.0f%%), %s/s%s", self.current,
-                     human_bytes(totals.done_bytes), human_bytes(totals.total_bytes), percent,
-                     human_bytes(rate), eta)
+            log.info(
+                "%s: %s of %s (%.0f%%), %s/s%s",
+                self.current,
+                human_bytes(totals.done_bytes),
+                human_bytes(totals.total_bytes),
+                percent,
+                human_bytes(rate),
+                eta,
+            )
 
     def task_finished(self, task: str, files: int, total_bytes: int, seconds: float) -> None:
         rate = total_bytes / seconds if seconds > 0 else 0.0
-        log.info("%s: done, %d file(s), %s transferred in %.1f s (%s/s)", task, files,
-                 human_bytes(total_bytes), seconds, human_bytes(rate))
+        log.info(
+            "%s: done, %d file(s), %s transferred in %.1f s (%s/s)",
+            task,
+            files,
+            human_bytes(total_bytes),
+            seconds,
+            human_bytes(rate),
+        )
 
 
 class BarProgress(TaskObserver):

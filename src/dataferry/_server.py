@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -27,6 +28,7 @@ import posixpath
 import secrets
 import shlex
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -60,9 +62,9 @@ __all__ = ["PASSWORD_ENV_VAR", "EmbeddedSFTPServer", "serve"]
 log = logging.getLogger("dataferry.server")
 
 PASSWORD_ENV_VAR = "DATAFERRY_SERVE_PASSWORD"
-# Receive window per channel. Uploads to this server are refused, but a large
-# window keeps exec/SFTP request traffic from ever stalling; download speed is
-# governed by the *client's* window (set window= on asyncssh.connect too).
+# The receive window this server advertises per channel: it bounds data in
+# flight from client to server (SFTP requests). Download speed is bounded by
+# the *client's* window, so clients should raise theirs (window= on connect).
 CHANNEL_WINDOW = 16 * 2**20
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 _EXEC_REFUSED = 127
@@ -126,6 +128,9 @@ class _ReadOnlySFTPServer(asyncssh.SFTPServer):
     def _open_read(self, path: bytes) -> object:
         # Open the resolved path so the checked target is the one opened.
         real = _confine(self._root, path)[1]
+        # A FIFO or device would block the event loop on open or read.
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            raise asyncssh.SFTPFailure("Not a regular file")
         return open(real, "rb", buffering=0)  # closed by close()
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -195,8 +200,11 @@ async def _run_sha256sum(
     for name in paths:
         try:
             real = _confine(root, os.fsencode(name))[1]
-            if os.path.isdir(real):
-                raise IsADirectoryError(21, "Is a directory")
+            mode = os.stat(real).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            if not stat.S_ISREG(mode):  # a FIFO would block the hashing thread forever
+                raise OSError(errno.EINVAL, "Not a regular file")
             # Off the event loop: files can be hundreds of MB.
             digest = await asyncio.to_thread(_sha256_file, real)
         except asyncssh.SFTPPermissionDenied:
@@ -223,11 +231,6 @@ class _Session(SSHServerStreamSession[str]):
         # Accepted at the protocol level so the client gets a proper exit status.
         return True
 
-    def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: object
-    ) -> bool:
-        return False
-
 
 _ExecHandler = Callable[
     [asyncssh.SSHReader[str], asyncssh.SSHWriter[str], asyncssh.SSHWriter[str]], Awaitable[None]
@@ -242,6 +245,7 @@ def _split_command(command: str) -> list[str]:
     """
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
+    lexer.commenters = ""  # "#" inside a name is not a comment
     try:
         tokens = list(lexer)
     except ValueError:  # unbalanced quotes

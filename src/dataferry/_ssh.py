@@ -88,8 +88,9 @@ class _HostKeyChecker(asyncssh.SSHClient):
             return False
         if settings.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
             _record_host_key(settings.known_hosts, label, key)
-            log.warning("trusting new host %s (%s); recorded in %s", label, offered,
-                        settings.known_hosts)
+            log.warning(
+                "trusting new host %s (%s); recorded in %s", label, offered, settings.known_hosts
+            )
             return True
         self.refusal = (
             f"host key for {label} is not known ({offered}, not in {settings.known_hosts}). "
@@ -167,8 +168,9 @@ class RemoteSession:
                 log.debug("skipping %s: matches none of %s", name, ", ".join(include))
                 continue
             files.append(
-                RemoteFile(str(PurePosixPath(remote_dir) / name), attrs.size or 0,
-                           int(attrs.mtime or 0))
+                RemoteFile(
+                    str(PurePosixPath(remote_dir) / name), attrs.size or 0, int(attrs.mtime or 0)
+                )
             )
         return sorted(files, key=lambda remote: remote.path)
 
@@ -181,8 +183,9 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
     except asyncssh.SFTPNoSuchFile:
         raise RemotePathError(f"remote path not found: {remote_path}") from None
     except asyncssh.SFTPPermissionDenied:
-        raise RemotePathError(f"remote path not readable (permission denied): {remote_path}") \
-            from None
+        raise RemotePathError(
+            f"remote path not readable (permission denied): {remote_path}"
+        ) from None
     except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection) as exc:
         raise TransientError(f"connection lost while reading {remote_path}: {exc}") from exc
     except asyncssh.SFTPFailure as exc:
@@ -205,8 +208,9 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
     client_keys: list[str] | tuple[()] | None = (
         [str(settings.key_file)] if settings.key_file else (None if password else ())
     )
-    log.debug("connecting to %s (host key policy %s)", settings.describe(),
-              settings.host_key_policy.value)
+    log.debug(
+        "connecting to %s (host key policy %s)", settings.describe(), settings.host_key_policy.value
+    )
     try:
         connection = await asyncssh.connect(
             settings.host,
@@ -228,10 +232,17 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(checker.refusal or f"host key refused: {exc.reason}") from None
     except asyncssh.PermissionDenied:
-        methods = " and ".join(
-            name for name, used in (("key " + str(settings.key_file), settings.key_file),
-                                    ("password", password)) if used
-        ) or "default keys"
+        methods = (
+            " and ".join(
+                name
+                for name, used in (
+                    ("key " + str(settings.key_file), settings.key_file),
+                    ("password", password),
+                )
+                if used
+            )
+            or "default keys"
+        )
         raise AuthenticationError(
             f"authentication failed for {settings.describe()} (tried {methods})"
         ) from None
@@ -241,10 +252,14 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
         try:
             sftp = await connection.start_sftp_client()
         except (OSError, asyncssh.Error) as exc:
-            raise TransientError(f"cannot start SFTP on {settings.describe()}: {_reason(exc)}") \
-                from exc
-        log.debug("connected to %s, cipher %s", settings.describe(),
-                  connection.get_extra_info("send_cipher"))
+            raise TransientError(
+                f"cannot start SFTP on {settings.describe()}: {_reason(exc)}"
+            ) from exc
+        log.debug(
+            "connected to %s, cipher %s",
+            settings.describe(),
+            connection.get_extra_info("send_cipher"),
+        )
         yield RemoteSession(connection, sftp, settings)
     finally:
         connection.close()

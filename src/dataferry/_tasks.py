@@ -69,8 +69,12 @@ async def plan_task(session: RemoteSession, settings: TaskSettings) -> list[Plan
             )
         files = await session.list_files(remote_path, settings.include)
         if not files:
-            log.warning("%s: no files in %s match %s", settings.name, remote_path,
-                        ", ".join(settings.include))
+            log.warning(
+                "%s: no files in %s match %s",
+                settings.name,
+                remote_path,
+                ", ".join(settings.include),
+            )
         return [PlannedFile(remote, save_dir / remote.name) for remote in files]
     remote = await session.remote_file(remote_path)
     local = settings.file_save_path
@@ -85,8 +89,9 @@ def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
         return
     existing = [str(item.local) for item in plan if item.local.exists()]
     if existing:
-        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5
-                                           else "")
+        shown = ", ".join(existing[:5]) + (
+            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        )
         raise OverwriteConflictError(
             f"{settings.name}: overwrite is false and {len(existing)} file(s) already exist: "
             f"{shown} (set overwrite to true, or move them away)"
@@ -96,8 +101,9 @@ def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
 class _TaskRun:
     """The state of one task across its tries: what is planned and what is done."""
 
-    def __init__(self, settings: TaskSettings, connection: ConnectionSettings,
-                 observer: TaskObserver):
+    def __init__(
+        self, settings: TaskSettings, connection: ConnectionSettings, observer: TaskObserver
+    ):
         self.settings = settings
         self.connection = connection
         self.observer = observer
@@ -121,8 +127,9 @@ class _TaskRun:
             self.observer.state_changed(name, "transferring")
             await self._fetch_all(session, todo)
         # Keep the plan's order so results are reported deterministically.
-        self.report.downloaded = [self.done[item.remote.path] for item in plan
-                                  if item.remote.path in self.done]
+        self.report.downloaded = [
+            self.done[item.remote.path] for item in plan if item.remote.path in self.done
+        ]
 
     async def _fetch_all(self, session: RemoteSession, todo: list[PlannedFile]) -> None:
         if not todo:
@@ -136,8 +143,13 @@ class _TaskRun:
         async def worker() -> None:
             while not queue.empty():
                 item = queue.get_nowait()
-                result = await download_file(session, item.remote, item.local, self.observer,
-                                             requests_in_flight=requests_per_file)
+                result = await download_file(
+                    session,
+                    item.remote,
+                    item.local,
+                    self.observer,
+                    requests_in_flight=requests_per_file,
+                )
                 self.done[item.remote.path] = result.path
                 self.report.bytes_transferred += result.bytes_transferred
 
@@ -157,8 +169,9 @@ class _TaskRun:
                 continue
             self.observer.state_changed(settings.name, "extracting")
             log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
-            extracted = extract_archive(path, path.parent, overwrite=settings.overwrite,
-                                        limits=ExtractLimits(), kind=kind)
+            extracted = extract_archive(
+                path, path.parent, overwrite=settings.overwrite, limits=ExtractLimits(), kind=kind
+            )
             self.report.extracted.extend(extracted)
             if not settings.keep_zip_tar_file:
                 try:
@@ -181,15 +194,22 @@ async def run_task(
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s: %s; try %d of %d in %.1f s", settings.name, error,
-                    state.attempt_number + 1, settings.max_tries, delay)
-        observer.retrying(settings.name, state.attempt_number, settings.max_tries, delay,
-                          str(error))
+        log.warning(
+            "%s: %s; try %d of %d in %.1f s",
+            settings.name,
+            error,
+            state.attempt_number + 1,
+            settings.max_tries,
+            delay,
+        )
+        observer.retrying(
+            settings.name, state.attempt_number, settings.max_tries, delay, str(error)
+        )
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(settings.max_tries),
         wait=wait_exponential_jitter(
-            initial=settings.retry_delay,
+            multiplier=settings.retry_delay,
             max=max(MAX_RETRY_WAIT, settings.retry_delay),
             jitter=settings.retry_delay / 2,
         ),
@@ -214,6 +234,7 @@ async def run_task(
         raise
     run.report.seconds = time.monotonic() - started
     observer.state_changed(settings.name, "done")
-    observer.task_finished(settings.name, len(run.report.files), run.report.bytes_transferred,
-                           run.report.seconds)
+    observer.task_finished(
+        settings.name, len(run.report.files), run.report.bytes_transferred, run.report.seconds
+    )
     return run.report

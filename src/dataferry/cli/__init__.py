@@ -58,8 +58,7 @@ def run_seed_script(task: str, script: str, argv: list[str] | None = None) -> in
         os.chdir(script_dir.parent)
 
     def run() -> int:
-        config = _load_config(args.config_file, explicit=args.config_file is not None,
-                              default=None)
+        config = _load_config(args.config_file, explicit=args.config_file is not None, default=None)
         return _run_tasks([args.task], config, overrides_from(args))
 
     return _report_errors(run)
@@ -74,8 +73,10 @@ def _report_errors(action: Callable[[], int]) -> int:
         print(f"dataferry: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("dataferry: interrupted; partial downloads are kept and resume on the next run",
-              file=sys.stderr)
+        print(
+            "dataferry: interrupted; partial downloads are kept and resume on the next run",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -89,12 +90,15 @@ def _load_config(path: Path | None, *, explicit: bool, default: Path | None) -> 
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    config = _load_config(args.config, explicit=args.config is not None,
-                          default=DEFAULT_CONFIG_FILE)
+    config = _load_config(
+        args.config, explicit=args.config is not None, default=DEFAULT_CONFIG_FILE
+    )
     if args.all:
         if config is None:
-            print(f"dataferry: error: --all needs a config file ({DEFAULT_CONFIG_FILE} not found)",
-                  file=sys.stderr)
+            print(
+                f"dataferry: error: --all needs a config file ({DEFAULT_CONFIG_FILE} not found)",
+                file=sys.stderr,
+            )
             return 2
         names = list(config.tasks)
     else:
@@ -145,15 +149,19 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
 
 
 def _print_report(report: TaskReport) -> None:
-    print(f"{report.task}: {len(report.files)} file(s) ready, "
-          f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s")
+    print(
+        f"{report.task}: {len(report.files)} file(s) ready, "
+        f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
+    )
     for path in report.files:
         print(f"  {path}")
 
 
 def configure_logging(level: str) -> None:
     debug = level == "DEBUG"
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(levelname)s: %(message)s"
+    fmt = (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(levelname)s: %(message)s"
+    )
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
     # asyncssh at DEBUG prints every packet; its INFO is enough to follow a connection.
     logging.getLogger("asyncssh").setLevel(logging.INFO if debug else logging.WARNING)

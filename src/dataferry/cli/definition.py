@@ -15,29 +15,59 @@ from .._settings import DEFAULT_CONFIG_FILE, LOG_LEVELS
 
 # (flag, config key, metavar, help)
 OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
-    ("--file_save_path", "file_save_path", "PATH",
-     "where to save: a file path, or a folder when the remote path is a folder"),
-    ("--remote_file_path", "remote_file_path", "PATH",
-     "file or folder on the server (a folder: every file matching 'include' is fetched)"),
-    ("--keep_zip_tar_file", "keep_zip_tar_file", "BOOL",
-     "keep the downloaded archive after extracting it (true/false; default false)"),
-    ("--max_tries", "max_tries", "N",
-     "tries for transient failures: refused, reset or timed-out connections (default 3)"),
-    ("--retry_delay", "retry_delay", "SECONDS",
-     "first wait between tries; it doubles with jitter on each retry (default 2)"),
+    (
+        "--file_save_path",
+        "file_save_path",
+        "PATH",
+        "where to save: a file path, or a folder when the remote path is a folder",
+    ),
+    (
+        "--remote_file_path",
+        "remote_file_path",
+        "PATH",
+        "file or folder on the server (a folder: every file matching 'include' is fetched)",
+    ),
+    (
+        "--keep_zip_tar_file",
+        "keep_zip_tar_file",
+        "BOOL",
+        "keep the downloaded archive after extracting it (true/false; default false)",
+    ),
+    (
+        "--max_tries",
+        "max_tries",
+        "N",
+        "tries for transient failures: refused, reset or timed-out connections (default 3)",
+    ),
+    (
+        "--retry_delay",
+        "retry_delay",
+        "SECONDS",
+        "first wait between tries; it doubles with jitter on each retry (default 2)",
+    ),
     ("--log-level", "log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default INFO)"),
-    ("--overwrite", "overwrite", "BOOL",
-     "replace existing files (true/false; default false: stop before transferring, exit 7)"),
-    ("--metrics_port", "metrics_port", "PORT",
-     "serve GET /healthz and /metrics (Prometheus) on this port while the task runs"),
+    (
+        "--overwrite",
+        "overwrite",
+        "BOOL",
+        "replace existing files (true/false; default false: stop before transferring, exit 7)",
+    ),
+    (
+        "--metrics_port",
+        "metrics_port",
+        "PORT",
+        "serve GET /healthz and /metrics (Prometheus) on this port while the task runs",
+    ),
 )
 
-EPILOG = "exit codes:\n" + "\n".join(
-    f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()
-) + (
-    "\n\nconnection settings come from the environment or ./.env: REMOTE_HOST_ADDRESS, "
-    "REMOTE_PORT,\nUSERNAME, PASSWORD, SSH_KEY_FILE, SSH_KNOWN_HOSTS, SSH_HOST_KEY_POLICY "
-    "(strict | accept-new)."
+EPILOG = (
+    "exit codes:\n"
+    + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
+    + (
+        "\n\nconnection settings come from the environment or ./.env: REMOTE_HOST_ADDRESS, "
+        "REMOTE_PORT,\nUSERNAME, PASSWORD, SSH_KEY_FILE, SSH_KNOWN_HOSTS, SSH_HOST_KEY_POLICY "
+        "(strict | accept-new)."
+    )
 )
 
 
@@ -49,12 +79,15 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         aliases = [flag]
         if flag == "--log-level":
             aliases.append("--log_level")
-        group.add_argument(*aliases, dest=_dest(key), metavar=metavar, help=help_text,
-                           default=None)
-    group.add_argument("--include", dest="include", metavar="GLOB", action="append",
-                       default=None,
-                       help="for a remote folder: fetch files matching GLOB (repeatable; "
-                            "default *.csv and *.zip)")
+        group.add_argument(*aliases, dest=_dest(key), metavar=metavar, help=help_text, default=None)
+    group.add_argument(
+        "--include",
+        dest="include",
+        metavar="GLOB",
+        action="append",
+        default=None,
+        help="for a remote folder: fetch files matching GLOB (repeatable; default *.csv and *.zip)",
+    )
 
 
 def _dest(key: str) -> str:
@@ -82,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dataferry",
         description="Pull datasets from an SSH server over SFTP: verified host keys, "
-                    "resumable atomic downloads, safe extraction of zip and tar archives.",
+        "resumable atomic downloads, safe extraction of zip and tar archives.",
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
@@ -90,45 +123,79 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run a task from config.json", formatter_class=_Formatter, epilog=EPILOG,
+        "run",
+        help="run a task from config.json",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
         description="Fetch (and extract) the dataset a task in config.json describes.",
     )
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("task", nargs="?", help="task name, a section of config.json (task_1)")
     target.add_argument("--all", action="store_true", help="run every task in the config file")
-    run.add_argument("--config", type=Path, default=None, metavar="PATH",
-                     help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags "
-                          "give both paths)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags give both paths)",
+    )
     _add_overrides(run)
 
     demo = commands.add_parser(
-        "demo", formatter_class=_Formatter,
+        "demo",
+        formatter_class=_Formatter,
         help="serve generated sample data from an embedded SFTP server and run every task",
         description="Start an SFTP server inside this process on 127.0.0.1 (throwaway host key "
-                    "and credentials) serving sample data at the paths config.json names, run "
-                    "each task into the paths config.json names, and print a summary.",
+        "and credentials) serving sample data at the paths config.json names, run "
+        "each task into the paths config.json names, and print a summary.",
     )
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, metavar="PATH",
-                      help="config file whose tasks to run (default ./config.json)")
-    demo.add_argument("--size", type=_size, default=4_000_000, metavar="BYTES",
-                      help="approximate CSV bytes of sample data (suffixes K, M, G; default 4M)")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_FILE,
+        metavar="PATH",
+        help="config file whose tasks to run (default ./config.json)",
+    )
+    demo.add_argument(
+        "--size",
+        type=_size,
+        default=4_000_000,
+        metavar="BYTES",
+        help="approximate CSV bytes of sample data (suffixes K, M, G; default 4M)",
+    )
 
     serve = commands.add_parser(
-        "serve", formatter_class=_Formatter,
+        "serve",
+        formatter_class=_Formatter,
         help="serve a folder over SFTP (read-only) for local development",
         description="Serve DIR read-only over SFTP; DIR is the server's /. Password from "
-                    "DATAFERRY_SERVE_PASSWORD, else a generated throwaway one.",
+        "DATAFERRY_SERVE_PASSWORD, else a generated throwaway one.",
     )
     serve.add_argument("directory", type=Path, metavar="DIR")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     serve.add_argument("--username", default="dataferry", help="login name (default dataferry)")
-    serve.add_argument("--known-hosts-out", type=Path, metavar="PATH",
-                       help="write the server's known_hosts entry here")
-    serve.add_argument("--env-out", type=Path, metavar="PATH",
-                       help="write the connection variables (.env format, mode 0600) here")
-    serve.add_argument("--sample", type=_size, nargs="?", const=4_000_000, default=None,
-                       metavar="BYTES", help="generate the sample dataset into DIR first")
+    serve.add_argument(
+        "--known-hosts-out",
+        type=Path,
+        metavar="PATH",
+        help="write the server's known_hosts entry here",
+    )
+    serve.add_argument(
+        "--env-out",
+        type=Path,
+        metavar="PATH",
+        help="write the connection variables (.env format, mode 0600) here",
+    )
+    serve.add_argument(
+        "--sample",
+        type=_size,
+        nargs="?",
+        const=4_000_000,
+        default=None,
+        metavar="BYTES",
+        help="generate the sample dataset into DIR first",
+    )
     return parser
 
 
@@ -137,14 +204,18 @@ def build_seed_parser(task: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{task}.py",
         description=f"Fetch and extract the dataset of {task} (dataferry). Settings come from "
-                    "--config_file's common and task sections, overridden by flags.",
+        "--config_file's common and task sections, overridden by flags.",
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
     parser.add_argument("--task", default=task, help=f"task section in the config (default {task})")
-    parser.add_argument("--config_file", type=Path, default=None, metavar="PATH",
-                        help="config.json with common and per-task settings (optional when "
-                             "flags give both paths)")
+    parser.add_argument(
+        "--config_file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="config.json with common and per-task settings (optional when flags give both paths)",
+    )
     _add_overrides(parser)
     return parser
 
@@ -157,8 +228,9 @@ def _size(text: str) -> int:
     try:
         value = int(float(number) * factor)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 4M or 250000, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 4M or 250000, got {text!r}"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return value
