@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, Remote, run_cli
+from dataferry._state import is_bookkeeping
 
 SCRIPTS = REPO / "src"
 
@@ -175,7 +176,9 @@ def test_exit_codes(remote: Remote, tmp_path: Path) -> None:
     assert_one_line_error(run_cli([*dataferry, "broken"], env, tmp_path), 6, "broken.zip")
     assert (tmp_path / "b/broken.zip").exists()  # kept for inspection
     assert run_cli([*dataferry, "ok"], env, tmp_path).returncode == 0
-    assert_one_line_error(run_cli([*dataferry, "ok"], env, tmp_path), 7, "already exist")
+    again = run_cli([*dataferry, "ok"], env, tmp_path)  # unchanged remote: skipped, no conflict
+    assert again.returncode == 0 and "1 already up to date" in again.stdout
+    assert_one_line_error(run_cli([*dataferry, "ok", "--force"], env, tmp_path), 7, "already exist")
     closed = {**env, "REMOTE_PORT": "1"}
     assert_one_line_error(
         run_cli([*dataferry, "ok", "--overwrite", "true", "--max_tries", "2"], closed, tmp_path),
@@ -230,7 +233,8 @@ def test_run_all(remote: Remote, tmp_path: Path) -> None:
     )
     result = run_cli(["-m", "dataferry", "run", "--all"], remote.env(), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["one.csv", "two.csv"]
+    names = sorted(p.name for p in (tmp_path / "all").iterdir() if not is_bookkeeping(p.name))
+    assert names == ["one.csv", "two.csv"]
 
 
 def test_demo_runs_the_shipped_config(tmp_path: Path) -> None:
@@ -241,7 +245,7 @@ def test_demo_runs_the_shipped_config(tmp_path: Path) -> None:
     assert list((tmp_path / "data/task2").rglob("february-small.csv"))
     march = sorted(p.name for p in (tmp_path / "data/task3").iterdir())
     assert "march small 2.csv" in march
-    assert not [name for name in march if not name.endswith(".csv")]
+    assert not [name for name in march if not name.endswith(".csv") and not is_bookkeeping(name)]
     assert "total" in result.stdout
     # Runs again over its own output (the shipped config overwrites).
     assert run_cli(["-m", "dataferry", "demo", "--size", "600K"], {}, tmp_path).returncode == 0

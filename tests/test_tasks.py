@@ -24,6 +24,7 @@ from dataferry import (
 )
 from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from dataferry._ssh import _host_label
+from dataferry._state import is_bookkeeping
 from sshd import OpenSSHServer
 
 
@@ -81,9 +82,10 @@ def run(
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    """The user's files under root (dataferry's hidden state and lock files left out)."""
+    files = {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+    assert not [name for name in files if name.endswith(".dataferry-part")]
+    return {name: p.read_bytes() for name, p in files.items() if not is_bookkeeping(p.name)}
 
 
 def test_task_1_zip_is_fetched_extracted_and_removed(remote: Remote, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -102,8 +103,14 @@ async def download_file(
     observer: TaskObserver,
     *,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+    expected_sha256: str | None = None,
 ) -> DownloadResult:
-    """Fetch remote into final, resuming a matching partial file."""
+    """Fetch remote into final, resuming a matching partial file.
+
+    With expected_sha256, the digest is computed from the bytes as they are
+    written (plus the partial prefix on resume) and must match before the
+    file takes its final name.
+    """
     part, meta = part_path(final), part_meta_path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +126,12 @@ async def download_file(
     try:
         # Drop anything past the last complete block we know is good.
         os.ftruncate(fd, offset)
+        digest = _hash_prefix(part, offset) if expected_sha256 else None
         block_size = _block_size(session)
         with translate_sftp_errors(remote.path):
             async with session.sftp.open(remote.path, "rb", block_size=0) as handle:
                 await _pipelined_copy(
-                    handle, fd, remote, offset, block_size, requests_in_flight, observer
+                    handle, fd, remote, offset, block_size, requests_in_flight, observer, digest
                 )
         os.fsync(fd)
     except OSError as exc:
@@ -135,6 +143,14 @@ async def download_file(
     held = part.stat().st_size
     if held != remote.size:
         raise TransientError(f"{remote.path}: got {held} of {remote.size} bytes")
+    if digest is not None and digest.hexdigest() != expected_sha256:
+        # Start over on the next try: the partial bytes cannot be trusted.
+        part.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        raise TransientError(
+            f"{remote.path}: sha256 mismatch (remote {expected_sha256}, received "
+            f"{digest.hexdigest()})"
+        )
     try:
         os.utime(part, (remote.mtime, remote.mtime))
         os.replace(part, final)
@@ -145,6 +161,20 @@ async def download_file(
     observer.file_finished(remote.path, str(final), remote.size)
     log.debug("saved %s (%d bytes)", final, remote.size)
     return DownloadResult(remote, final, offset, remote.size - offset)
+
+
+def _hash_prefix(part: Path, length: int) -> hashlib._Hash:
+    """The digest of the bytes a resumed download already holds."""
+    digest = hashlib.sha256()
+    with part.open("rb") as handle:
+        remaining = length
+        while remaining:
+            chunk = handle.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest
 
 
 def _block_size(session: RemoteSession) -> int:
@@ -166,6 +196,7 @@ async def _pipelined_copy(
     block_size: int,
     requests_in_flight: int,
     observer: TaskObserver,
+    digest: hashlib._Hash | None,
 ) -> None:
     """Keep many read requests in flight; write replies in order.
 
@@ -198,6 +229,8 @@ async def _pipelined_copy(
                     )
                 data += more
             os.pwrite(fd, data, write_offset)
+            if digest is not None:
+                digest.update(data)
             write_offset += length
             observer.bytes_received(remote.path, length)
     finally:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -78,6 +78,8 @@ class TaskSettings(BaseModel):
     overwrite: Bool = False
     include: tuple[str, ...] = DEFAULT_INCLUDE
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    verify: Literal["size", "sha256"] = "size"
+    force: Bool = False
 
     @field_validator("remote_file_path")
     @classmethod
@@ -119,6 +121,7 @@ _MESSAGES = {
     "string_type": "expected a string",
     "path_type": "expected a path string",
     "missing": "is required but not set",
+    "literal_error": "expected one of",
 }
 
 
@@ -131,6 +134,9 @@ def _describe_error(error: Mapping[str, Any]) -> str:
         return f"unknown key (known keys: {', '.join(TASK_KEYS)})"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return str(error["msg"]).lower().replace("input should be", "must be")
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"expected one of {expected}".replace("'", "")
     return _MESSAGES.get(kind, str(error["msg"]))
 
 

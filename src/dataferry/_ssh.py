@@ -10,6 +10,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import shlex
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import asyncssh
 
-from ._exceptions import AuthenticationError, HostKeyError, RemotePathError
+from ._exceptions import AuthenticationError, ConfigError, HostKeyError, RemotePathError
 from ._settings import ConnectionSettings, HostKeyPolicy
 
 log = logging.getLogger("dataferry.ssh")
@@ -173,6 +174,37 @@ class RemoteSession:
                 )
             )
         return sorted(files, key=lambda remote: remote.path)
+
+
+    async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
+        """Remote digests computed by ``sha256sum`` on the server (one command for all)."""
+        if not remote_paths:
+            return {}
+        command = "sha256sum -- " + " ".join(shlex.quote(path) for path in remote_paths)
+        try:
+            result = await self.connection.run(command, check=False, timeout=3600)
+        except asyncssh.ChannelOpenError as exc:
+            raise ConfigError(
+                f"verify is sha256 but {self.settings.describe()} refuses commands "
+                f"({exc.reason}); set verify to size"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise TransientError(f"sha256sum on {self.settings.describe()}: {exc}") from exc
+        output = str(result.stdout or "")
+        lines = [line for line in output.splitlines() if line.strip()]
+        if result.exit_status != 0 or len(lines) != len(remote_paths):
+            detail = str(result.stderr or "").strip().splitlines()
+            reason = detail[0] if detail else f"exit status {result.exit_status}"
+            if result.exit_status == 1 and detail:
+                # coreutils: some file could not be read.
+                raise RemotePathError(f"sha256sum failed on the server: {reason}")
+            raise ConfigError(
+                f"verify is sha256 but {self.settings.describe()} cannot run sha256sum "
+                f"({reason}); set verify to size"
+            )
+        # coreutils prefixes a line with a backslash when it escapes the name.
+        return {path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines,
+                                                                  strict=True)}
 
 
 @contextlib.contextmanager

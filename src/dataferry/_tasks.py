@@ -26,6 +26,7 @@ from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
 from ._settings import ConnectionSettings, TaskSettings
 from ._ssh import RemoteFile, RemoteSession, TransientError, open_session
+from ._state import DestinationState, task_lock
 
 log = logging.getLogger("dataferry.tasks")
 
@@ -46,6 +47,7 @@ class TaskReport:
     downloaded: list[Path] = field(default_factory=list)
     extracted: list[Path] = field(default_factory=list)
     removed_archives: list[Path] = field(default_factory=list)
+    up_to_date: list[Path] = field(default_factory=list)
     bytes_transferred: int = 0
     tries: int = 0
     seconds: float = 0.0
@@ -108,8 +110,10 @@ class _TaskRun:
         self.connection = connection
         self.observer = observer
         self.report = TaskReport(settings.name)
-        self.done: dict[str, Path] = {}
-        self.checked_conflicts = False
+        self.plan: list[PlannedFile] | None = None
+        self.state: DestinationState | None = None
+        self.up_to_date: set[str] = set()
+        self.done: dict[str, PlannedFile] = {}
 
     async def attempt(self) -> None:
         """One try: connect, (re)plan, fetch whatever is not done yet."""
@@ -119,19 +123,51 @@ class _TaskRun:
         async with open_session(self.connection) as session:
             self.observer.state_changed(name, "listing")
             plan = await plan_task(session, self.settings)
-            if not self.checked_conflicts:
-                check_conflicts(self.settings, plan)
-                self.checked_conflicts = True
-                self.observer.plan_ready(name, len(plan), sum(p.remote.size for p in plan))
-            todo = [item for item in plan if item.remote.path not in self.done]
+            if self.plan is None:
+                self._first_plan(plan)
+            self.plan = plan
+            todo = [
+                item
+                for item in plan
+                if item.remote.path not in self.done and item.remote.path not in self.up_to_date
+            ]
+            digests: dict[str, str] = {}
+            if self.settings.verify == "sha256":
+                digests = await session.sha256_digests([item.remote.path for item in todo])
             self.observer.state_changed(name, "transferring")
-            await self._fetch_all(session, todo)
+            await self._fetch_all(session, todo, digests)
         # Keep the plan's order so results are reported deterministically.
         self.report.downloaded = [
-            self.done[item.remote.path] for item in plan if item.remote.path in self.done
+            self.done[item.remote.path].local for item in plan if item.remote.path in self.done
         ]
 
-    async def _fetch_all(self, session: RemoteSession, todo: list[PlannedFile]) -> None:
+    def _first_plan(self, plan: list[PlannedFile]) -> None:
+        """Skip what is already here (incremental), then refuse conflicts before any transfer."""
+        settings = self.settings
+        if plan:
+            self.state = DestinationState(plan[0].local.parent)
+        if self.state is not None and not settings.force:
+            for item in plan:
+                if self.state.up_to_date(
+                    item.local, item.remote, keep_archive=settings.keep_zip_tar_file
+                ):
+                    self.up_to_date.add(item.remote.path)
+                    self.report.up_to_date.append(item.local)
+                    self.observer.file_skipped(item.remote.path, "up to date")
+            if self.up_to_date:
+                log.info(
+                    "%s: %d file(s) already up to date (same size and mtime as the remote); "
+                    "skipping them (use --force to fetch again)",
+                    settings.name,
+                    len(self.up_to_date),
+                )
+        todo = [item for item in plan if item.remote.path not in self.up_to_date]
+        check_conflicts(settings, todo)
+        self.observer.plan_ready(settings.name, len(todo), sum(p.remote.size for p in todo))
+
+    async def _fetch_all(
+        self, session: RemoteSession, todo: list[PlannedFile], digests: dict[str, str]
+    ) -> None:
         if not todo:
             return
         parallel = min(FILES_IN_FLIGHT, len(todo))
@@ -149,8 +185,9 @@ class _TaskRun:
                     item.local,
                     self.observer,
                     requests_in_flight=requests_per_file,
+                    expected_sha256=digests.get(item.remote.path),
                 )
-                self.done[item.remote.path] = result.path
+                self.done[item.remote.path] = PlannedFile(item.remote, result.path)
                 self.report.bytes_transferred += result.bytes_transferred
 
         workers = [asyncio.create_task(worker()) for _ in range(parallel)]
@@ -162,24 +199,38 @@ class _TaskRun:
             await asyncio.gather(*workers, return_exceptions=True)
 
     def extract(self) -> None:
+        """Extract each downloaded archive beside it, then record the results."""
         settings = self.settings
-        for path in self.report.downloaded:
+        for item in (self.done[path] for path in sorted(self.done)):
+            path = item.local
             kind = detect_archive_kind(path)
-            if kind is None:
-                continue
-            self.observer.state_changed(settings.name, "extracting")
-            log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
-            extracted = extract_archive(
-                path, path.parent, overwrite=settings.overwrite, limits=ExtractLimits(), kind=kind
-            )
-            self.report.extracted.extend(extracted)
-            if not settings.keep_zip_tar_file:
+            extracted: list[Path] = []
+            if kind is not None:
+                self.observer.state_changed(settings.name, "extracting")
+                log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
+                extracted = extract_archive(
+                    path,
+                    path.parent,
+                    overwrite=settings.overwrite,
+                    limits=ExtractLimits(),
+                    kind=kind,
+                )
+                self.report.extracted.extend(extracted)
+            kept = kind is None or settings.keep_zip_tar_file
+            if not kept:
                 try:
                     path.unlink()
                 except OSError as exc:
                     raise destination_error(path, exc) from None
                 self.report.removed_archives.append(path)
                 log.debug("removed archive %s", path)
+            if self.state is not None:
+                self.state.record(path, item.remote, extracted, kept)
+        if self.state is not None and self.done:
+            try:
+                self.state.save()
+            except OSError as exc:
+                raise destination_error(self.state.path, exc) from None
 
 
 async def run_task(
@@ -218,16 +269,17 @@ async def run_task(
         reraise=True,
     )
     try:
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await run.attempt()
-        except TransientError as exc:
-            raise TransferError(
-                f"{settings.name}: failed after {settings.max_tries} "
-                f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
-            ) from None
-        run.extract()
+        with task_lock(settings.name, settings.file_save_path):
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await run.attempt()
+            except TransientError as exc:
+                raise TransferError(
+                    f"{settings.name}: failed after {settings.max_tries} "
+                    f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
+                ) from None
+            run.extract()
     except Exception as exc:
         observer.state_changed(settings.name, "failed")
         observer.error(settings.name, str(exc))

@@ -149,8 +149,9 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
 
 
 def _print_report(report: TaskReport) -> None:
+    skipped = f", {len(report.up_to_date)} already up to date" if report.up_to_date else ""
     print(
-        f"{report.task}: {len(report.files)} file(s) ready, "
+        f"{report.task}: {len(report.files)} file(s) ready{skipped}, "
         f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
     )
     for path in report.files:

@@ -53,6 +53,12 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "replace existing files (true/false; default false: stop before transferring, exit 7)",
     ),
     (
+        "--verify",
+        "verify",
+        "size|sha256",
+        "check each file's size (default), or also its sha256 (runs sha256sum on the server)",
+    ),
+    (
         "--metrics_port",
         "metrics_port",
         "PORT",
@@ -81,6 +87,14 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
             aliases.append("--log_level")
         group.add_argument(*aliases, dest=_dest(key), metavar=metavar, help=help_text, default=None)
     group.add_argument(
+        "--force",
+        dest=_dest("force"),
+        action="store_const",
+        const="true",
+        default=None,
+        help="fetch again files the destination already holds unchanged (skipped by default)",
+    )
+    group.add_argument(
         "--include",
         dest="include",
         metavar="GLOB",
@@ -97,7 +111,7 @@ def _dest(key: str) -> str:
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """The override flags the user gave, keyed by their config.json spelling."""
     values: dict[str, object] = {}
-    for _, key, _, _ in OVERRIDES:
+    for key in [key for _, key, _, _ in OVERRIDES] + ["force"]:
         value = getattr(args, _dest(key), None)
         if value is not None:
             values[key] = value
