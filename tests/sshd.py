@@ -12,6 +12,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -98,6 +99,8 @@ class OpenSSHServer:
         ]
 
     def stop(self) -> None:
+        """Stop sshd and every connection it serves, as a server restart would."""
+        children = _descendants(self.process.pid)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -105,11 +108,34 @@ class OpenSSHServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def restart(self) -> None:
         """Stop and start again on the same port with the same keys."""
         self.stop()
         self.process = _launch(self.workdir, self.port)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below root (sshd's per-connection children start their own sessions)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The command name may hold spaces; the fields after its ")" are fixed.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
 
 
 def _launch(workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -118,6 +144,7 @@ def _launch(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         [SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")],
         stdout=log,
         stderr=log,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -65,8 +65,11 @@ def value(server: MetricsServer, name: str, task: str, **labels: str) -> float:
 
 def current_state(server: MetricsServer, task: str) -> str:
     found = samples(server)
-    on = [s for s in STATES
-          if found[("dataferry_state", (("dataferry_state", s), ("task", task)))] == 1]
+    on = [
+        s
+        for s in STATES
+        if found[("dataferry_state", (("dataferry_state", s), ("task", task)))] == 1
+    ]
     assert len(on) == 1, on
     return on[0]
 

@@ -21,6 +21,13 @@ def test_env_file_is_ignored_and_example_shipped() -> None:
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert ".env" in ignored
     example = (REPO / ".env.example").read_text()
-    for variable in ("REMOTE_HOST_ADDRESS", "USERNAME", "PASSWORD", "REMOTE_PORT",
-                     "SSH_KEY_FILE", "SSH_KNOWN_HOSTS", "SSH_HOST_KEY_POLICY"):
+    for variable in (
+        "REMOTE_HOST_ADDRESS",
+        "USERNAME",
+        "PASSWORD",
+        "REMOTE_PORT",
+        "SSH_KEY_FILE",
+        "SSH_KNOWN_HOSTS",
+        "SSH_HOST_KEY_POLICY",
+    ):
         assert variable in example

@@ -21,10 +21,22 @@ def test_bars_on_a_terminal(remote: Remote, tmp_path: Path) -> None:
     source.write_bytes(os.urandom(3 * 2**20))
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dataferry", "run", "t", "--file_save_path", "out.bin",
-         "--remote_file_path", remote.path(source)],
-        env={**remote.env(), "TERM": "xterm", "COLUMNS": "120"}, cwd=tmp_path,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary,
+        [
+            sys.executable,
+            "-m",
+            "dataferry",
+            "run",
+            "t",
+            "--file_save_path",
+            "out.bin",
+            "--remote_file_path",
+            remote.path(source),
+        ],
+        env={**remote.env(), "TERM": "xterm", "COLUMNS": "120"},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
     )
     os.close(secondary)
     output = b""
