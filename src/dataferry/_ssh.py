@@ -175,7 +175,6 @@ class RemoteSession:
             )
         return sorted(files, key=lambda remote: remote.path)
 
-
     async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
         """Remote digests computed by ``sha256sum`` on the server (one command for all)."""
         if not remote_paths:
@@ -203,8 +202,9 @@ class RemoteSession:
                 f"({reason}); set verify to size"
             )
         # coreutils prefixes a line with a backslash when it escapes the name.
-        return {path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines,
-                                                                  strict=True)}
+        return {
+            path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines, strict=True)
+        }
 
 
 @contextlib.contextmanager
@@ -224,6 +224,11 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
         raise TransientError(f"server failed to read {remote_path}: {exc.reason}") from exc
     except asyncssh.SFTPError as exc:
         raise RemotePathError(f"cannot read remote path {remote_path}: {exc.reason}") from None
+    except (ConnectionError, TimeoutError, asyncssh.DisconnectError) as exc:
+        # Network failures only: local disk errors (plain OSError) must not be retried.
+        raise TransientError(
+            f"connection lost while reading {remote_path}: {_reason(exc)}"
+        ) from exc
 
 
 @contextlib.asynccontextmanager
