@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dataferry._server import EmbeddedSFTPServer
-from dataferry._settings import ConnectionSettings, HostKeyPolicy
-from sshd import OpenSSHServer, ensure_password_user, sshd_available, start_sshd
-
-REPO = Path(__file__).resolve().parent.parent
+from remote import Remote, embedded_connection, sshd_connection
+from sshd import (
+    OpenSSHServer,
+    ensure_password_user,
+    sshd_available,
+    start_sshd,
+)
 
 
 @pytest.fixture(scope="session")
@@ -65,76 +65,6 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
     runner.stop()
 
 
-@dataclass
-class Remote:
-    """A server plus a fresh folder on it for one test."""
-
-    kind: str
-    root: Path
-    connection: ConnectionSettings
-    server_root: Path | None  # the embedded server's "/"; None for sshd (real paths)
-
-    def path(self, local: Path) -> str:
-        """The remote path under which the server shows a local file."""
-        if self.server_root is None:
-            return str(local)
-        return "/" + local.relative_to(self.server_root).as_posix()
-
-    def env(self) -> dict[str, str]:
-        """Environment variables for running the CLI against this server."""
-        settings = self.connection
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key
-            not in (
-                "REMOTE_HOST_ADDRESS",
-                "REMOTE_PORT",
-                "USERNAME",
-                "PASSWORD",
-                "SSH_KEY_FILE",
-                "SSH_KNOWN_HOSTS",
-                "SSH_HOST_KEY_POLICY",
-            )
-        }
-        env.update(
-            REMOTE_HOST_ADDRESS=settings.host,
-            REMOTE_PORT=str(settings.port),
-            USERNAME=settings.username,
-            SSH_KNOWN_HOSTS=str(settings.known_hosts),
-            SSH_HOST_KEY_POLICY=settings.host_key_policy.value,
-        )
-        if settings.password is not None:
-            env["PASSWORD"] = settings.password.get_secret_value()
-        if settings.key_file is not None:
-            env["SSH_KEY_FILE"] = str(settings.key_file)
-        return env
-
-
-def sshd_connection(server: OpenSSHServer, known_hosts: Path) -> ConnectionSettings:
-    server.write_known_hosts(known_hosts)
-    return ConnectionSettings(
-        host=server.host,
-        port=server.port,
-        username=server.username,
-        key_file=server.client_key,
-        known_hosts=known_hosts,
-        host_key_policy=HostKeyPolicy.STRICT,
-    )
-
-
-def embedded_connection(server: EmbeddedSFTPServer, known_hosts: Path) -> ConnectionSettings:
-    server.write_known_hosts(known_hosts)
-    return ConnectionSettings(
-        host=server.host,
-        port=server.port,
-        username=server.username,
-        password=SecretStr(server.password),
-        known_hosts=known_hosts,
-        host_key_policy=HostKeyPolicy.STRICT,
-    )
-
-
 @pytest.fixture(params=["openssh", "embedded"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
     known_hosts = tmp_path / "known_hosts"
@@ -158,16 +88,3 @@ def password_user(sshd_server: OpenSSHServer) -> tuple[str, str]:
     return sshd_server.password_user, sshd_server.password
 
 
-def run_cli(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m dataferry`` (or a seed script) as a user would, capturing output."""
-    return subprocess.run(
-        [sys.executable, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Remote, run_cli
 from dataferry._state import is_bookkeeping
+from remote import REPO, Remote, run_cli
 
 SCRIPTS = REPO / "src"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Remote
 from dataferry._progress import LogProgress
+from remote import Remote
 
 
 def test_bars_on_a_terminal(remote: Remote, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from conftest import REPO, Remote, run_cli
 from dataferry import (
     ArchiveError,
     ConfigError,
@@ -32,6 +31,7 @@ from dataferry import (
 from dataferry._downloads import part_path
 from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from faults import FaultPlan, FaultProxy
+from remote import REPO, Remote, run_cli
 from sshd import OpenSSHServer, start_sshd
 
 # What the fault tests measured, written to tests/.reliability-last-run.txt

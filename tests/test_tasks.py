@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from conftest import Remote, sshd_connection
 from dataferry import (
     AuthenticationError,
     HostKeyError,
@@ -25,6 +24,7 @@ from dataferry import (
 from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from dataferry._ssh import _host_label
 from dataferry._state import is_bookkeeping
+from remote import Remote, sshd_connection
 from sshd import OpenSSHServer
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# First: imports asyncssh without its slow library search (see _startup.py).
+from . import _startup  # noqa: F401
 from ._exceptions import (
     ArchiveError,
     AuthenticationError,

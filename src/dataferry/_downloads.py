@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ PART_SUFFIX = ".dataferry-part"
 # back short and cost an extra round trip.
 DEFAULT_BLOCK_SIZE = 255 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
+# Smaller files are simply fetched again after an interruption: no side file.
+RESUME_MIN_BYTES = 1024 * 1024
 # Requests in flight per file: 64 x 255 KiB ~ 16 MiB, matching the channel window.
 DEFAULT_REQUESTS_IN_FLIGHT = 64
 
@@ -88,7 +91,8 @@ def _write_meta(meta: Path, remote: RemoteFile) -> None:
     meta.write_text(json.dumps(record) + "\n")
 
 
-def _fsync_dir(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
+    """Make the renames into directory durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -104,18 +108,21 @@ async def download_file(
     *,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     expected_sha256: str | None = None,
+    on_written: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Fetch remote into final, resuming a matching partial file.
 
     With expected_sha256, the digest is computed from the bytes as they are
     written (plus the partial prefix on resume) and must match before the
-    file takes its final name.
+    file takes its final name. on_written(n) is called each time the partial
+    file's clean prefix grows to n bytes (an extractor may follow it).
     """
     part, meta = part_path(final), part_meta_path(final)
+    resumable = remote.size >= RESUME_MIN_BYTES
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        offset = _resume_offset(part, meta, remote)
-        if offset == 0:
+        offset = _resume_offset(part, meta, remote) if resumable else 0
+        if offset == 0 and resumable:
             _write_meta(meta, remote)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -129,11 +136,25 @@ async def download_file(
         digest = _hash_prefix(part, offset) if expected_sha256 else None
         block_size = _block_size(session)
         with translate_sftp_errors(remote.path):
-            async with session.sftp.open(remote.path, "rb", block_size=0) as handle:
+            handle = await session.sftp.open(remote.path, "rb", block_size=0)
+            try:
                 await _pipelined_copy(
-                    handle, fd, remote, offset, block_size, requests_in_flight, observer, digest
+                    handle,
+                    fd,
+                    remote,
+                    offset,
+                    block_size,
+                    requests_in_flight,
+                    observer,
+                    digest,
+                    on_written,
                 )
-        os.fsync(fd)
+            finally:
+                # Nothing depends on the reply: do not spend a round trip waiting for it.
+                session.close_later(handle)
+        os.utime(fd, (remote.mtime, remote.mtime))
+        # In a thread: other files keep transferring while this one reaches the disk.
+        await asyncio.to_thread(os.fsync, fd)
     except OSError as exc:
         if exc.errno in _DISK_ERRNOS:
             raise destination_error(part, exc) from None
@@ -152,10 +173,11 @@ async def download_file(
             f"{digest.hexdigest()})"
         )
     try:
-        os.utime(part, (remote.mtime, remote.mtime))
+        # The data is durable (fsync above) before it takes its final name. The
+        # folder itself is synced once per task (sync_directory), not per file.
         os.replace(part, final)
-        meta.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        if resumable:
+            meta.unlink(missing_ok=True)
     except OSError as exc:
         raise destination_error(final, exc) from None
     observer.file_finished(remote.path, str(final), remote.size)
@@ -197,6 +219,7 @@ async def _pipelined_copy(
     requests_in_flight: int,
     observer: TaskObserver,
     digest: hashlib._Hash | None,
+    on_written: Callable[[int], None] | None,
 ) -> None:
     """Keep many read requests in flight; write replies in order.
 
@@ -233,6 +256,8 @@ async def _pipelined_copy(
                 digest.update(data)
             write_offset += length
             observer.bytes_received(remote.path, length)
+            if on_written is not None:
+                on_written(write_offset)
     finally:
         for _, _, task in pending:
             task.cancel()

@@ -110,23 +110,32 @@ class _TaskMetrics(Collector):
         labels = ["task"]
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "bytes_total": GaugeMetricFamily(
-                "dataferry_bytes_total", "Bytes planned for the task", labels=labels),
+                "dataferry_bytes_total", "Bytes planned for the task", labels=labels
+            ),
             "bytes_done": GaugeMetricFamily(
-                "dataferry_bytes_done", "Bytes of the task on disk so far", labels=labels),
+                "dataferry_bytes_done", "Bytes of the task on disk so far", labels=labels
+            ),
             "files_total": GaugeMetricFamily(
-                "dataferry_files_total", "Files planned for the task", labels=labels),
+                "dataferry_files_total", "Files planned for the task", labels=labels
+            ),
             "files_done": GaugeMetricFamily(
-                "dataferry_files_done", "Files of the task verified and in place", labels=labels),
+                "dataferry_files_done", "Files of the task verified and in place", labels=labels
+            ),
             "retries": CounterMetricFamily(
-                "dataferry_retries", "Retries after transient failures", labels=labels),
+                "dataferry_retries", "Retries after transient failures", labels=labels
+            ),
             "errors": CounterMetricFamily(
-                "dataferry_errors", "Failures of the task", labels=labels),
+                "dataferry_errors", "Failures of the task", labels=labels
+            ),
             "rate": GaugeMetricFamily(
                 "dataferry_rate_bytes_per_second",
-                f"Receive rate over the last {RATE_WINDOW:g} seconds", labels=labels),
+                f"Receive rate over the last {RATE_WINDOW:g} seconds",
+                labels=labels,
+            ),
         }
         state_set = StateSetMetricFamily(
-            "dataferry_state", "Current state of the task", labels=labels)
+            "dataferry_state", "Current state of the task", labels=labels
+        )
         with self.lock:
             now = self.clock()
             for name, task in sorted(self.tasks.items()):
@@ -173,10 +182,12 @@ class MetricsServer(TaskObserver):
         if self._httpd is not None:
             raise RuntimeError("metrics server already started")
         server_class = _IPv6ThreadingWSGIServer if ":" in host else _ThreadingWSGIServer
-        self._httpd = make_server(host, port, self._app(), server_class=server_class,
-                                  handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
-                                        name="dataferry-metrics", daemon=True)
+        self._httpd = make_server(
+            host, port, self._app(), server_class=server_class, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="dataferry-metrics", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -213,8 +224,10 @@ class MetricsServer(TaskObserver):
                 status, body = "200 OK", b"ok\n"
             else:
                 status, body = "404 Not Found", b"not found: try /metrics or /healthz\n"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                    ("Content-Length", str(len(body)))])
+            start_response(
+                status,
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
             return [body]
 
         return app

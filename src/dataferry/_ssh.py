@@ -6,6 +6,7 @@ sees :class:`RemoteSession`, :class:`RemoteFile` and dataferry's own exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import logging
@@ -132,6 +133,18 @@ class RemoteSession:
         self.connection = connection
         self.sftp = sftp
         self.settings = settings
+        self._background: set[asyncio.Task[None]] = set()
+
+    def close_later(self, handle: asyncssh.SFTPClientFile) -> None:
+        """Close a remote file without waiting for the server's reply."""
+        task = asyncio.ensure_future(handle.close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background closes; their outcome does not matter to the data."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def stat(self, remote_path: str) -> asyncssh.SFTPAttrs:
         with translate_sftp_errors(remote_path):
@@ -297,7 +310,11 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
             settings.describe(),
             connection.get_extra_info("send_cipher"),
         )
-        yield RemoteSession(connection, sftp, settings)
+        session = RemoteSession(connection, sftp, settings)
+        try:
+            yield session
+        finally:
+            await session.drain()
     finally:
         connection.close()
         with contextlib.suppress(OSError, asyncssh.Error):

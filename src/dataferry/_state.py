@@ -105,8 +105,12 @@ def task_lock(task: str, save_path: Path, wait: float = LOCK_WAIT_SECONDS) -> It
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.warning("%s: another dataferry run is writing to %s; waiting up to %.0f s for it",
-                    task, save_path, wait)
+        log.warning(
+            "%s: another dataferry run is writing to %s; waiting up to %.0f s for it",
+            task,
+            save_path,
+            wait,
+        )
         try:
             lock.acquire(timeout=wait)
         except Timeout:

@@ -20,7 +20,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ._downloads import DEFAULT_REQUESTS_IN_FLIGHT, destination_error, download_file
+from ._downloads import (
+    DEFAULT_REQUESTS_IN_FLIGHT,
+    destination_error,
+    download_file,
+    sync_directory,
+)
 from ._exceptions import DestinationError, OverwriteConflictError, TransferError
 from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
@@ -30,8 +35,11 @@ from ._state import DestinationState, task_lock
 
 log = logging.getLogger("dataferry.tasks")
 
-# Many small files are round-trip bound: keep this many in flight on one connection.
+# Many small files are round-trip bound: keep many in flight on one connection.
+# Big files share the connection's request budget, so fewer at once.
 FILES_IN_FLIGHT = 16
+SMALL_FILES_IN_FLIGHT = 64
+SMALL_FILE_BYTES = 1024 * 1024
 MAX_RETRY_WAIT = 60.0
 
 
@@ -170,7 +178,9 @@ class _TaskRun:
     ) -> None:
         if not todo:
             return
-        parallel = min(FILES_IN_FLIGHT, len(todo))
+        average = sum(item.remote.size for item in todo) / len(todo)
+        limit = SMALL_FILES_IN_FLIGHT if average < SMALL_FILE_BYTES else FILES_IN_FLIGHT
+        parallel = min(limit, len(todo))
         requests_per_file = max(4, DEFAULT_REQUESTS_IN_FLIGHT // parallel)
         queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
         for item in todo:
@@ -197,6 +207,16 @@ class _TaskRun:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            folders = {
+                self.done[item.remote.path].local.parent
+                for item in todo
+                if item.remote.path in self.done
+            }
+            for folder in folders:
+                try:
+                    await asyncio.to_thread(sync_directory, folder)
+                except OSError as exc:
+                    raise destination_error(folder, exc) from None
 
     def extract(self) -> None:
         """Extract each downloaded archive beside it, then record the results."""

@@ -1,0 +1,102 @@
+"""Shared test helpers: a server-agnostic view of a remote folder, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from dataferry._server import EmbeddedSFTPServer
+from dataferry._settings import ConnectionSettings, HostKeyPolicy
+from sshd import OpenSSHServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Remote:
+    """A server plus a fresh folder on it for one test."""
+
+    kind: str
+    root: Path
+    connection: ConnectionSettings
+    server_root: Path | None  # the embedded server's "/"; None for sshd (real paths)
+
+    def path(self, local: Path) -> str:
+        """The remote path under which the server shows a local file."""
+        if self.server_root is None:
+            return str(local)
+        return "/" + local.relative_to(self.server_root).as_posix()
+
+    def env(self) -> dict[str, str]:
+        """Environment variables for running the CLI against this server."""
+        settings = self.connection
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key
+            not in (
+                "REMOTE_HOST_ADDRESS",
+                "REMOTE_PORT",
+                "USERNAME",
+                "PASSWORD",
+                "SSH_KEY_FILE",
+                "SSH_KNOWN_HOSTS",
+                "SSH_HOST_KEY_POLICY",
+            )
+        }
+        env.update(
+            REMOTE_HOST_ADDRESS=settings.host,
+            REMOTE_PORT=str(settings.port),
+            USERNAME=settings.username,
+            SSH_KNOWN_HOSTS=str(settings.known_hosts),
+            SSH_HOST_KEY_POLICY=settings.host_key_policy.value,
+        )
+        if settings.password is not None:
+            env["PASSWORD"] = settings.password.get_secret_value()
+        if settings.key_file is not None:
+            env["SSH_KEY_FILE"] = str(settings.key_file)
+        return env
+
+
+def sshd_connection(server: OpenSSHServer, known_hosts: Path) -> ConnectionSettings:
+    server.write_known_hosts(known_hosts)
+    return ConnectionSettings(
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        key_file=server.client_key,
+        known_hosts=known_hosts,
+        host_key_policy=HostKeyPolicy.STRICT,
+    )
+
+
+def embedded_connection(server: EmbeddedSFTPServer, known_hosts: Path) -> ConnectionSettings:
+    server.write_known_hosts(known_hosts)
+    return ConnectionSettings(
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        password=SecretStr(server.password),
+        known_hosts=known_hosts,
+        host_key_policy=HostKeyPolicy.STRICT,
+    )
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dataferry`` (or a seed script) as a user would, capturing output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

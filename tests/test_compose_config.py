@@ -1,0 +1,246 @@
+"""The shipped config.json, compose files, Dockerfiles and .env.example agree (no containers).
+
+The seed's warning: config.json's save path must match the container side of
+the task's volume, or the data is written inside the container and lost. The
+tasks refuse such a path at run time (DATAFERRY_DATA_DIR); these tests keep the
+shipped files from disagreeing in the first place. tests/containers builds and
+runs them for real (``make test-containers``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from dataferry._settings import DATA_DIR_ENV, ConfigFile, resolve_task
+
+REPO = Path(__file__).resolve().parents[1]
+APP = PurePosixPath("/app")  # the project root inside the images
+DATA_DIR = APP / "data"
+TASKS = (1, 2, 3)
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((REPO / name).read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def dev() -> dict[str, Any]:
+    return load_yaml("docker-compose.yaml")
+
+
+@pytest.fixture(scope="module")
+def prod() -> dict[str, Any]:
+    return load_yaml("docker-compose.prod.yaml")
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    data = json.loads((REPO / "config.json").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """host path -> container path, for the short-syntax bind mounts of a service."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[source] = target
+    return mounts
+
+
+def named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if not source.startswith((".", "/")):
+            mounts[source] = target
+    return mounts
+
+
+def dockerfile_env(name: str) -> dict[str, str]:
+    """ENV values of the last stage of a Dockerfile (continuation lines joined)."""
+    text = (REPO / name).read_text(encoding="utf-8").replace("\\\n", " ")
+    last_stage = text.split("\nFROM ")[-1]
+    env: dict[str, str] = {}
+    for line in last_stage.splitlines():
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line))
+    return env
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+# ------------------------------------------------------------ save paths vs volumes
+
+
+@pytest.mark.parametrize("n", TASKS)
+def test_config_save_path_lies_in_the_task_volume(
+    n: int, config: dict[str, Any], dev: dict[str, Any]
+) -> None:
+    save_path = config[f"task_{n}"]["file_save_path"]
+    # Relative paths are taken from the project root, /app in the image
+    # (pathlib drops the "." parts).
+    in_container = PurePosixPath(APP, save_path)
+    data_mounts = {host: target for host, target in bind_mounts(dev["services"][f"task{n}"]).items()
+                   if target.startswith(str(DATA_DIR))}
+    assert data_mounts == {f"./data/task{n}": f"/app/data/task{n}"}, data_mounts
+    ((host, target),) = data_mounts.items()
+    assert in_container.is_relative_to(target), (
+        f"config.json task_{n}.file_save_path {save_path} resolves to {in_container} in the "
+        f"container, outside the volume {host}:{target}: the data would be lost"
+    )
+    # ...and on the host it lands where the same relative path points.
+    on_host = PurePosixPath(host, in_container.relative_to(target))
+    assert on_host == PurePosixPath(save_path)
+
+
+def test_shipped_config_passes_the_container_guard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DATAFERRY_DATA_DIR set as the images set it, every shipped task is accepted."""
+    app = tmp_path / "app"
+    (app / "data").mkdir(parents=True)
+    monkeypatch.chdir(app)
+    monkeypatch.setenv(DATA_DIR_ENV, str(app / "data"))
+    shipped = ConfigFile.load(REPO / "config.json")
+    for n in TASKS:
+        resolve_task(f"task_{n}", shipped)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.prod"])
+def test_images_declare_the_data_folder(dockerfile: str, dev: dict[str, Any],
+                                        prod: dict[str, Any]) -> None:
+    assert dockerfile_env(dockerfile).get(DATA_DIR_ENV) == str(DATA_DIR)
+    for n in TASKS:
+        for target in bind_mounts(dev["services"][f"task{n}"]).values():
+            if target.startswith("/app/data"):
+                assert PurePosixPath(target).is_relative_to(DATA_DIR)
+    assert named_volumes(prod["services"]["production-code"]) == {"data": str(DATA_DIR)}
+
+
+# ------------------------------------------------------------ development compose file
+
+
+@pytest.mark.parametrize("n", TASKS)
+def test_dev_task_services_follow_the_seed(n: int, dev: dict[str, Any]) -> None:
+    service = dev["services"][f"task{n}"]
+    assert service["build"] == "."
+    assert as_list(service["env_file"]) == [".env"]
+    assert service["container_name"] == f"task{n}-dev"
+    assert service["ports"] == [f"127.0.0.1:{7999 + n}:8000"]
+    command = service["command"]
+    assert command.startswith(f"task_{n}.py --task task_{n} --config_file config.json")
+    assert "--metrics_port 8000" in command and "--log-level DEBUG" in command
+    # The source is mounted: edit on the host, rerun without rebuilding.
+    assert bind_mounts(service)["./src"] == "/app/src"
+    assert service["depends_on"] == {"sftp": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("n", TASKS)
+def test_dev_tasks_trust_the_sftp_service_by_its_known_hosts(n: int, dev: dict[str, Any]) -> None:
+    service = dev["services"][f"task{n}"]
+    env = service["environment"]
+    assert env["REMOTE_HOST_ADDRESS"] == "sftp"
+    assert str(env["REMOTE_PORT"]) == "2222"
+    assert env["SSH_KNOWN_HOSTS"] == "/known_hosts/known_hosts"
+    assert env["SSH_HOST_KEY_POLICY"] == "strict"
+    assert "known_hosts:/known_hosts:ro" in service["volumes"]
+
+
+def test_sftp_service_serves_the_sample_and_writes_known_hosts(dev: dict[str, Any]) -> None:
+    sftp = dev["services"]["sftp"]
+    command = " ".join(as_list(sftp["command"]))
+    for part in ("dataferry serve", "--sample", "--host sftp", "--port 2222",
+                 "--known-hosts-out /known_hosts/known_hosts"):
+        assert part in command, part
+    assert named_volumes(sftp) == {"known_hosts": "/known_hosts"}
+    assert "ports" not in sftp, "the dev SFTP server stays on the compose network"
+    assert "healthcheck" in sftp
+    assert "known_hosts" in dev["volumes"]
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yaml", "docker-compose.prod.yaml"])
+def test_published_ports_are_loopback_only(name: str) -> None:
+    for service_name, service in load_yaml(name)["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (service_name, port)
+
+
+# ------------------------------------------------------------ production compose file
+
+
+def test_prod_compose_file(prod: dict[str, Any]) -> None:
+    assert set(prod["services"]) == {"production-code"}
+    service = prod["services"]["production-code"]
+    assert service["restart"] == "on-failure"
+    assert service["build"] == {"context": ".", "dockerfile": "Dockerfile.prod"}
+    assert as_list(service["env_file"]) == [".env"]
+    assert "ports" not in service
+    assert bind_mounts(service) == {}, "no source or host folder mounted in production"
+    assert "data" in prod["volumes"]
+
+
+def test_prod_dockerfile_is_multi_stage_and_unprivileged() -> None:
+    text = (REPO / "Dockerfile.prod").read_text(encoding="utf-8")
+    stages = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+    assert len(stages) >= 2 and stages[-1] == "python:3.11.8-slim", stages
+    users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert "WARNING" in text
+
+
+def test_dev_dockerfile_follows_the_seed() -> None:
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11\.8-slim$", text, flags=re.MULTILINE)
+    assert "requirements.txt" in text
+    assert re.search(r"^ENTRYPOINT \[\"python\"\]$", text, flags=re.MULTILINE)
+    workdirs = re.findall(r"^WORKDIR (\S+)", text, flags=re.MULTILINE)
+    assert workdirs[-1] == "/app/src"
+    assert "chmod +x src/task_*.py" in text
+
+
+# ------------------------------------------------------------ .env.example and .dockerignore
+
+
+def read_env_example() -> dict[str, str]:
+    values = {}
+    for line in (REPO / ".env.example").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.split(" #")[0].strip().strip("'\"")
+    return values
+
+
+def test_env_example_points_at_the_dev_sftp_service() -> None:
+    """`cp .env.example .env && docker-compose up` works as it is."""
+    env = read_env_example()
+    assert env.get("REMOTE_HOST_ADDRESS") == "sftp"
+    assert env.get("REMOTE_PORT") == "2222"
+    assert env.get("SSH_KNOWN_HOSTS") == "/known_hosts/known_hosts"
+    # The sftp service takes its login from .env, and the tasks log in with it.
+    assert env.get("USERNAME"), "USERNAME must be set in .env.example"
+    assert env.get("PASSWORD"), "PASSWORD must be set in .env.example"
+
+
+def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
+    patterns = {
+        line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".*", "**/.*"} <= patterns  # .env, .git, .venv, caches
+    for required in ("README.md", "Dockerfile", "**/__pycache__", "data/"):
+        assert required in patterns, required
+    assert "!.env" not in patterns
