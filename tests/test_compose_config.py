@@ -15,9 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yaml
 
 from dataferry._settings import DATA_DIR_ENV, ConfigFile, resolve_task
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed: it belongs in the [test] extra")
 
 REPO = Path(__file__).resolve().parents[1]
 APP = PurePosixPath("/app")  # the project root inside the images

@@ -10,11 +10,29 @@ memory; the members are then inflated as the download passes them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import io
+import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, cast
+
+from ._downloads import part_path
+from ._extract import (
+    ArchiveKind,
+    ExtractLimits,
+    detect_archive_kind_of,
+    extract_tar_stream,
+    extract_zip_stream,
+)
+from ._ssh import RemoteFile, RemoteSession
+
+log = logging.getLogger("dataferry.overlap")
 
 # Fetched before the download to recognise the archive (and a zip's directory).
 HEAD_BYTES = 64 * 1024
@@ -50,10 +68,13 @@ def zip_tail_start(size: int, end: bytes) -> int | None:
 class GrowingFile(io.RawIOBase):
     """A seekable, read-only view of a file that is being written in order."""
 
-    def __init__(self, path: Path, size: int, tail: bytes = b"") -> None:
+    def __init__(self, path: Path, size: int, head: bytes = b"", tail: bytes = b"") -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
         self._size = size
+        # Bytes fetched before the download (its first and, for a zip, last bytes)
+        # are served from memory, so the extractor can start at once.
+        self._head = head
         self._tail = tail
         self._tail_start = size - len(tail)
         self._written = 0
@@ -98,6 +119,8 @@ class GrowingFile(io.RawIOBase):
             return 0
         if start >= self._tail_start:
             data = self._tail[start - self._tail_start : end - self._tail_start]
+        elif end <= len(self._head):
+            data = self._head[start:end]
         else:
             end = min(end, self._tail_start)
             self._wait_for(end)
@@ -117,3 +140,84 @@ class GrowingFile(io.RawIOBase):
         if not self.closed:
             os.close(self._fd)
         super().close()
+
+
+class OverlappedExtraction:
+    """An extraction running in a thread while the archive downloads."""
+
+    def __init__(self, reader: GrowingFile, done: asyncio.Future[list[Path]]) -> None:
+        self.reader = reader
+        self._done = done
+
+    async def finish(self) -> list[Path]:
+        """Wait for the extraction (the download has completed); raise what it raised."""
+        try:
+            return await self._done
+        finally:
+            self.reader.close()
+
+    async def cancel(self, reason: str) -> None:
+        """The download failed: stop the extraction, which removes its staging folder."""
+        self.reader.abort(reason)
+        with contextlib.suppress(Exception):
+            await self._done
+        self.reader.close()
+
+
+async def start_extraction(
+    session: RemoteSession,
+    remote: RemoteFile,
+    local: Path,
+    *,
+    overwrite: bool,
+    limits: ExtractLimits,
+) -> OverlappedExtraction | None:
+    """Begin extracting local (about to be downloaded) if the remote file is an archive.
+
+    None when it is not an archive, or when it is better extracted afterwards.
+    """
+    head = await session.read_range(remote.path, 0, HEAD_BYTES)
+    kind = detect_archive_kind_of(head)
+    if kind is None:
+        return None
+    tail = b""
+    if kind is ArchiveKind.ZIP:
+        end_length = min(remote.size, _EOCD.size + 0xFFFF)
+        end = await session.read_range(remote.path, remote.size - end_length, end_length)
+        start = zip_tail_start(remote.size, end)
+        if start is None:
+            return None
+        end_start = remote.size - len(end)
+        if start >= end_start:
+            tail = end[start - end_start :]
+        else:
+            tail = await session.read_range(remote.path, start, end_start - start) + end
+    part = part_path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part.touch()
+    reader = GrowingFile(part, remote.size, head, tail)
+    stream = cast(BinaryIO, io.BufferedReader(reader, 1 << 20))
+    job: Callable[[], list[Path]]
+    if kind is ArchiveKind.ZIP:
+        job = functools.partial(
+            extract_zip_stream,
+            stream,
+            remote.size,
+            local.parent,
+            name=local.name,
+            overwrite=overwrite,
+            limits=limits,
+        )
+    else:
+        job = functools.partial(
+            extract_tar_stream,
+            stream,
+            local.parent,
+            name=local.name,
+            compression=kind,
+            overwrite=overwrite,
+            limits=limits,
+        )
+    log.debug("extracting %s (%s) while it downloads", local.name, kind.value)
+    done = asyncio.get_running_loop().run_in_executor(None, job)
+    return OverlappedExtraction(reader, done)

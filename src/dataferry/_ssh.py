@@ -188,6 +188,21 @@ class RemoteSession:
             )
         return sorted(files, key=lambda remote: remote.path)
 
+    async def read_range(self, remote_path: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a remote file (fewer at its end)."""
+        chunks: list[bytes] = []
+        with translate_sftp_errors(remote_path):
+            async with self.sftp.open(remote_path, "rb") as handle:
+                while length > 0:
+                    data = await handle.read(length, offset)
+                    if not data:
+                        break
+                    assert isinstance(data, bytes)
+                    chunks.append(data)
+                    offset += len(data)
+                    length -= len(data)
+        return b"".join(chunks)
+
     async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
         """Remote digests computed by ``sha256sum`` on the server (one command for all)."""
         if not remote_paths:

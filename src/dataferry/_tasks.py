@@ -24,11 +24,13 @@ from ._downloads import (
     DEFAULT_REQUESTS_IN_FLIGHT,
     destination_error,
     download_file,
+    part_path,
     sync_directory,
 )
 from ._exceptions import DestinationError, OverwriteConflictError, TransferError
 from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
+from ._overlap import start_extraction
 from ._settings import ConnectionSettings, TaskSettings
 from ._ssh import RemoteFile, RemoteSession, TransientError, open_session
 from ._state import DestinationState, task_lock
@@ -40,6 +42,8 @@ log = logging.getLogger("dataferry.tasks")
 FILES_IN_FLIGHT = 16
 SMALL_FILES_IN_FLIGHT = 64
 SMALL_FILE_BYTES = 1024 * 1024
+# Archives at least this big are extracted while they download.
+OVERLAP_MIN_BYTES = 4 * 1024 * 1024
 MAX_RETRY_WAIT = 60.0
 
 
@@ -122,6 +126,8 @@ class _TaskRun:
         self.state: DestinationState | None = None
         self.up_to_date: set[str] = set()
         self.done: dict[str, PlannedFile] = {}
+        # Archives extracted while they downloaded (remote path -> files).
+        self.extracted_early: dict[str, list[Path]] = {}
 
     async def attempt(self) -> None:
         """One try: connect, (re)plan, fetch whatever is not done yet."""
@@ -189,16 +195,7 @@ class _TaskRun:
         async def worker() -> None:
             while not queue.empty():
                 item = queue.get_nowait()
-                result = await download_file(
-                    session,
-                    item.remote,
-                    item.local,
-                    self.observer,
-                    requests_in_flight=requests_per_file,
-                    expected_sha256=digests.get(item.remote.path),
-                )
-                self.done[item.remote.path] = PlannedFile(item.remote, result.path)
-                self.report.bytes_transferred += result.bytes_transferred
+                await self._fetch_one(session, item, requests_per_file, digests)
 
         workers = [asyncio.create_task(worker()) for _ in range(parallel)]
         try:
@@ -218,14 +215,55 @@ class _TaskRun:
                 except OSError as exc:
                     raise destination_error(folder, exc) from None
 
+    async def _fetch_one(
+        self,
+        session: RemoteSession,
+        item: PlannedFile,
+        requests_in_flight: int,
+        digests: dict[str, str],
+    ) -> None:
+        overlap = None
+        if item.remote.size >= OVERLAP_MIN_BYTES and not part_path(item.local).exists():
+            overlap = await start_extraction(
+                session,
+                item.remote,
+                item.local,
+                overwrite=self.settings.overwrite,
+                limits=ExtractLimits(),
+            )
+            if overlap is not None:
+                self.observer.state_changed(self.settings.name, "transferring+extracting")
+        try:
+            result = await download_file(
+                session,
+                item.remote,
+                item.local,
+                self.observer,
+                requests_in_flight=requests_in_flight,
+                expected_sha256=digests.get(item.remote.path),
+                on_written=overlap.reader.advance if overlap else None,
+            )
+        except BaseException as exc:
+            if overlap is not None:
+                await overlap.cancel(str(exc))
+            raise
+        self.done[item.remote.path] = PlannedFile(item.remote, result.path)
+        self.report.bytes_transferred += result.bytes_transferred
+        if overlap is not None:
+            self.extracted_early[item.remote.path] = await overlap.finish()
+
     def extract(self) -> None:
         """Extract each downloaded archive beside it, then record the results."""
         settings = self.settings
         for item in (self.done[path] for path in sorted(self.done)):
             path = item.local
-            kind = detect_archive_kind(path)
             extracted: list[Path] = []
-            if kind is not None:
+            early = self.extracted_early.get(item.remote.path)
+            kind = None if early is not None else detect_archive_kind(path)
+            if early is not None:
+                extracted = early
+                self.report.extracted.extend(early)
+            elif kind is not None:
                 self.observer.state_changed(settings.name, "extracting")
                 log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
                 extracted = extract_archive(
@@ -236,7 +274,7 @@ class _TaskRun:
                     kind=kind,
                 )
                 self.report.extracted.extend(extracted)
-            kept = kind is None or settings.keep_zip_tar_file
+            kept = (kind is None and early is None) or settings.keep_zip_tar_file
             if not kept:
                 try:
                     path.unlink()

@@ -139,6 +139,17 @@ def test_compose_up_fetches_the_three_datasets(
     assert "host key policy strict" in logs
 
 
+def test_seed_run_commands_use_the_default_commands(
+    docker: Docker, dev_image: str, project_dir: Path, expected_data: dict[str, dict[str, str]],
+) -> None:
+    """`docker-compose run task1` (and 2, 3): the service's default command, one task each."""
+    _clear_data(project_dir)
+    for n, task in enumerate(TASKS, start=1):
+        result = docker.compose("run", "--rm", task)
+        assert f"task_{n}: " in result.stdout, result.describe()
+        assert tree_digest(project_dir / "data" / task) == expected_data[task], task
+
+
 @pytest.mark.parametrize("spelling", ["v1", "v2"])
 def test_seed_help_command(docker: Docker, dev_image: str, spelling: str) -> None:
     """`docker-compose run task1 task_1.py --help`"""
