@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | cksum 
 
 .PHONY: demo test lint check system-deps bench bench-quick clean
 
+include containers/containers.mk
+
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -962,6 +962,14 @@ def _decompressor(raw: BinaryIO, kind: ArchiveKind) -> BinaryIO:
     raise ValueError(f"not a tar kind: {kind}")
 
 
+# PEP 706's filter arrived in 3.11.4; Debian 12's Python is 3.11.2. Our own
+# checks above do not depend on it, so older interpreters still extract safely.
+_DATA_FILTER: Callable[[tarfile.TarInfo, str], object] | None = getattr(
+    tarfile, "data_filter", None
+)
+_FILTER_ERRORS: type[Exception] | tuple[()] = getattr(tarfile, "FilterError", ())
+
+
 class _TarStructureError(tarfile.ReadError):
     """A header tarfile would silently take as the end of the archive."""
 
@@ -1047,12 +1055,13 @@ def _walk_tar(stream: BinaryIO, checker: _Checker, writer: _Writer | None) -> No
             )
             if checked is None or writer is None:
                 continue
-            try:
-                # PEP 706 as a floor under our rules, resolved in the real staging
-                # tree.  Only when writing: it costs a realpath() per member.
-                tarfile.data_filter(member, writer.root)
-            except tarfile.FilterError as exc:
-                raise checker.refuse(raw, f"refused by tarfile's data filter: {exc}") from exc
+            if _DATA_FILTER is not None:
+                try:
+                    # PEP 706 as a floor under our rules, resolved in the real staging
+                    # tree.  Only when writing: it costs a realpath() per member.
+                    _DATA_FILTER(member, writer.root)
+                except _FILTER_ERRORS as exc:
+                    raise checker.refuse(raw, f"refused by tarfile's data filter: {exc}") from exc
             parts = checked.entry.parts
             if kind is _Kind.DIR:
                 writer.make_dir(parts, member.mode, member.mtime, raw)
