@@ -138,8 +138,13 @@ class GrowingFile(io.RawIOBase):
                 self._changed.wait()
 
     def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
+        # Both threads may close (the extractor's reader when it is done, the
+        # task when the download ends): the fd must be closed exactly once, or a
+        # second close could hit an unrelated file that reused the number.
+        with self._changed:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         super().close()
 
 
@@ -171,6 +176,7 @@ class OverlappedExtraction:
     def __init__(self, reader: GrowingFile, done: asyncio.Future[list[Path]]) -> None:
         self.reader = reader
         self._done = done
+        self._ended = False
         _overlap_started()
 
     async def finish(self) -> list[Path]:
@@ -188,7 +194,8 @@ class OverlappedExtraction:
         self._close()
 
     def _close(self) -> None:
-        if not self.reader.closed:
+        if not self._ended:
+            self._ended = True
             self.reader.close()
             _overlap_ended()
 

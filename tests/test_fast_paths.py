@@ -1,0 +1,155 @@
+"""The fast paths, byte for byte: through a 30 ms round-trip link, many files in
+flight, archives extracted while they download (and when that has to stop).
+
+No timings are asserted here: `make bench` measures speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dataferry import ArchiveError, TaskObserver, TaskSettings, run_task
+from dataferry._settings import ConnectionSettings
+from dataferry._state import is_bookkeeping
+from dataferry._tasks import OVERLAP_MIN_BYTES
+from faults import FaultPlan, FaultProxy
+from remote import REPO, Remote
+
+sys.path.insert(0, str(REPO))
+from bench.proxy import ProxyThread
+
+
+class States(TaskObserver):
+    def __init__(self) -> None:
+        self.states: list[str] = []
+
+    def state_changed(self, task: str, state: str) -> None:
+        self.states.append(state)
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return hashlib.shake_256(f"seed-{seed}".encode()).digest(size)
+
+
+def via(connection: ConnectionSettings, port: int, tmp_path: Path) -> ConnectionSettings:
+    key = connection.known_hosts.read_text().split(maxsplit=1)[1]
+    known = tmp_path / f"known_hosts_{port}"
+    known.write_text(f"[127.0.0.1]:{port} {key}")
+    return connection.model_copy(update={"port": port, "known_hosts": known})
+
+
+def settings_for(remote_path: str, save: Path, **values: object) -> TaskSettings:
+    return TaskSettings.model_validate(
+        {
+            "name": "t",
+            "file_save_path": save,
+            "remote_file_path": remote_path,
+            "retry_delay": 0,
+            **values,
+        }
+    )
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not is_bookkeeping(p.name)
+    }
+
+
+def big_members() -> dict[str, bytes]:
+    # Incompressible, so the archive is big enough for the overlapped path.
+    return {
+        "data/part-1.bin": random_bytes(OVERLAP_MIN_BYTES + 123_457, 1),
+        "data/part 2.csv": b"a,b\n" * 20_000,
+        "top.bin": random_bytes(700_001, 2),
+    }
+
+
+def write_tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_far_link_file_folder_and_archives(remote: Remote, tmp_path: Path) -> None:
+    big = remote.root / "big.bin"
+    big.write_bytes(random_bytes(9 << 20, 3))
+    folder = remote.root / "many"
+    folder.mkdir()
+    for index in range(120):
+        (folder / f"f{index:03d}.csv").write_bytes(random_bytes(1000 + index * 37, index))
+    members = big_members()
+    targz = write_tar_gz(remote.root / "a.tar.gz", members)
+    azip = write_zip(remote.root / "b.zip", members)
+    with ProxyThread(remote.connection.port, delay_s=0.015) as proxy:
+        far = via(remote.connection, proxy.port, tmp_path)
+        asyncio.run(run_task(settings_for(remote.path(big), tmp_path / "big.bin"), far))
+        asyncio.run(run_task(settings_for(remote.path(folder), tmp_path / "many"), far))
+        for archive in (targz, azip):
+            observer = States()
+            save = tmp_path / archive.stem / archive.name
+            asyncio.run(run_task(settings_for(remote.path(archive), save), far, observer))
+            assert "transferring+extracting" in observer.states  # the overlapped path ran
+            assert tree(save.parent) == members
+    assert (tmp_path / "big.bin").read_bytes() == big.read_bytes()
+    assert tree(tmp_path / "many") == tree(folder)
+
+
+def test_reset_during_overlapped_extraction_resumes(remote: Remote, tmp_path: Path) -> None:
+    members = {"x.bin": random_bytes(12 << 20, 4)}
+    archive = write_tar_gz(remote.root / "r.tar.gz", members)
+    plan = FaultPlan(resets=1, reset_after=(3 << 20, 5 << 20), seed=3)
+    with FaultProxy(remote.connection.port, plan) as proxy:
+        save = tmp_path / "out" / "r.tar.gz"
+        asyncio.run(
+            run_task(
+                settings_for(remote.path(archive), save, max_tries=3),
+                via(remote.connection, proxy.port, tmp_path),
+            )
+        )
+    assert proxy.resets_done == 1
+    assert tree(save.parent) == members
+    assert not [p for p in save.parent.iterdir() if p.name.startswith(".dataferry-extract")]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_hostile_archive_refused_while_downloading(
+    remote: Remote, tmp_path: Path, kind: str
+) -> None:
+    members = {"ok.bin": random_bytes(OVERLAP_MIN_BYTES + 10, 5), "../escape.txt": b"no"}
+    writer = write_zip if kind == "zip" else write_tar_gz
+    archive = writer(remote.root / f"evil.{kind}", members)
+    dest = tmp_path / "inner" / "dest"
+    dest.mkdir(parents=True)
+    (dest / "keep.txt").write_text("mine")
+    observer = States()
+    with pytest.raises(ArchiveError, match=r"\.\./escape\.txt"):
+        asyncio.run(
+            run_task(
+                settings_for(remote.path(archive), dest / archive.name), remote.connection, observer
+            )
+        )
+    assert "transferring+extracting" in observer.states
+    assert tree(dest) == {"keep.txt": b"mine", archive.name: archive.read_bytes()}
+    assert not (tmp_path / "inner" / "escape.txt").exists()
+    assert not [p for p in dest.iterdir() if p.name.startswith(".dataferry-extract")]
