@@ -86,5 +86,3 @@ def password_user(sshd_server: OpenSSHServer) -> tuple[str, str]:
         pytest.skip("password login to sshd needs a throwaway user, which needs root")
     ensure_password_user(sshd_server.password)
     return sshd_server.password_user, sshd_server.password
-
-

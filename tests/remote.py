@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from dataferry._server import EmbeddedSFTPServer
-from dataferry._settings import ConnectionSettings, HostKeyPolicy
+from dataferry._settings import ConnectionSettings, HostKeyPolicy, TaskSettings
 from sshd import OpenSSHServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +86,38 @@ def embedded_connection(server: EmbeddedSFTPServer, known_hosts: Path) -> Connec
         known_hosts=known_hosts,
         host_key_policy=HostKeyPolicy.STRICT,
     )
+
+
+def settings_for(remote_path: str, save: Path, **values: object) -> TaskSettings:
+    """A task's settings, retrying without delay unless told otherwise."""
+    return TaskSettings.model_validate(
+        {
+            "name": "t",
+            "file_save_path": save,
+            "remote_file_path": remote_path,
+            "retry_delay": 0,
+            **values,
+        }
+    )
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    """Deterministic incompressible bytes."""
+    return hashlib.shake_256(f"seed-{seed}".encode()).digest(size)
+
+
+def trust_port(connection: ConnectionSettings, port: int, directory: Path) -> Path:
+    """A known_hosts file trusting the server's key on another port (a proxy's)."""
+    key = connection.known_hosts.read_text().split(maxsplit=1)[1]
+    known = directory / f"known_hosts_{port}"
+    known.write_text(f"[127.0.0.1]:{port} {key}")
+    return known
+
+
+def through(connection: ConnectionSettings, port: int, directory: Path) -> ConnectionSettings:
+    """The same server reached through a proxy listening on port."""
+    known = trust_port(connection, port, directory)
+    return connection.model_copy(update={"port": port, "known_hosts": known})
 
 
 def run_cli(

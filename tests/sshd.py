@@ -47,6 +47,20 @@ def _keygen(path: Path, kind: str = "ed25519") -> str:
     return Path(f"{path}.pub").read_text().strip()
 
 
+PASSWORD_FILE = Path("/var/lib/dataferry-test/password")
+
+
+def shared_password() -> str:
+    """The throwaway user's password: made once per machine (root-only file), so
+    test runs and benchmarks running at the same time agree on it."""
+    if not PASSWORD_FILE.exists():
+        PASSWORD_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(12))
+    return PASSWORD_FILE.read_text().strip()
+
+
 def ensure_password_user(password: str) -> str | None:
     """Create (or reset) the throwaway password user; None when not root."""
     if os.geteuid() != 0:
@@ -169,7 +183,7 @@ def start_sshd(workdir: Path, extra_config: list[str] | None = None) -> OpenSSHS
     authorized = workdir / "authorized_keys"
     authorized.write_text(client_public + "\n")
     authorized.chmod(0o644)
-    password = secrets.token_urlsafe(12)
+    password = shared_password() if os.geteuid() == 0 else secrets.token_urlsafe(12)
     password_user = ensure_password_user(password)
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -94,8 +94,11 @@ def test_config_save_path_lies_in_the_task_volume(
     # Relative paths are taken from the project root, /app in the image
     # (pathlib drops the "." parts).
     in_container = PurePosixPath(APP, save_path)
-    data_mounts = {host: target for host, target in bind_mounts(dev["services"][f"task{n}"]).items()
-                   if target.startswith(str(DATA_DIR))}
+    data_mounts = {
+        host: target
+        for host, target in bind_mounts(dev["services"][f"task{n}"]).items()
+        if target.startswith(str(DATA_DIR))
+    }
     assert data_mounts == {f"./data/task{n}": f"/app/data/task{n}"}, data_mounts
     ((host, target),) = data_mounts.items()
     assert in_container.is_relative_to(target), (
@@ -121,8 +124,9 @@ def test_shipped_config_passes_the_container_guard(
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.prod"])
-def test_images_declare_the_data_folder(dockerfile: str, dev: dict[str, Any],
-                                        prod: dict[str, Any]) -> None:
+def test_images_declare_the_data_folder(
+    dockerfile: str, dev: dict[str, Any], prod: dict[str, Any]
+) -> None:
     assert dockerfile_env(dockerfile).get(DATA_DIR_ENV) == str(DATA_DIR)
     for n in TASKS:
         for target in bind_mounts(dev["services"][f"task{n}"]).values():
@@ -163,8 +167,13 @@ def test_dev_tasks_trust_the_sftp_service_by_its_known_hosts(n: int, dev: dict[s
 def test_sftp_service_serves_the_sample_and_writes_known_hosts(dev: dict[str, Any]) -> None:
     sftp = dev["services"]["sftp"]
     command = " ".join(as_list(sftp["command"]))
-    for part in ("dataferry serve", "--sample", "--host sftp", "--port 2222",
-                 "--known-hosts-out /known_hosts/known_hosts"):
+    for part in (
+        "dataferry serve",
+        "--sample",
+        "--host sftp",
+        "--port 2222",
+        "--known-hosts-out /known_hosts/known_hosts",
+    ):
         assert part in command, part
     assert named_volumes(sftp) == {"known_hosts": "/known_hosts"}
     assert "ports" not in sftp, "the dev SFTP server stays on the compose network"
@@ -238,7 +247,8 @@ def test_env_example_points_at_the_dev_sftp_service() -> None:
 
 def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
     patterns = {
-        line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert {".*", "**/.*"} <= patterns  # .env, .git, .venv, caches

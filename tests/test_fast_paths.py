@@ -7,7 +7,6 @@ No timings are asserted here: `make bench` measures speed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import sys
 import tarfile
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from dataferry import ArchiveError, TaskObserver, TaskSettings, run_task
-from dataferry._settings import ConnectionSettings
+from dataferry import ArchiveError, TaskObserver, run_task
 from dataferry._state import is_bookkeeping
 from dataferry._tasks import OVERLAP_MIN_BYTES
 from faults import FaultPlan, FaultProxy
-from remote import REPO, Remote
+from remote import REPO, Remote, random_bytes, settings_for, through
 
 sys.path.insert(0, str(REPO))
 from bench.proxy import ProxyThread
@@ -33,29 +31,6 @@ class States(TaskObserver):
 
     def state_changed(self, task: str, state: str) -> None:
         self.states.append(state)
-
-
-def random_bytes(size: int, seed: int) -> bytes:
-    return hashlib.shake_256(f"seed-{seed}".encode()).digest(size)
-
-
-def via(connection: ConnectionSettings, port: int, tmp_path: Path) -> ConnectionSettings:
-    key = connection.known_hosts.read_text().split(maxsplit=1)[1]
-    known = tmp_path / f"known_hosts_{port}"
-    known.write_text(f"[127.0.0.1]:{port} {key}")
-    return connection.model_copy(update={"port": port, "known_hosts": known})
-
-
-def settings_for(remote_path: str, save: Path, **values: object) -> TaskSettings:
-    return TaskSettings.model_validate(
-        {
-            "name": "t",
-            "file_save_path": save,
-            "remote_file_path": remote_path,
-            "retry_delay": 0,
-            **values,
-        }
-    )
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -102,7 +77,7 @@ def test_far_link_file_folder_and_archives(remote: Remote, tmp_path: Path) -> No
     targz = write_tar_gz(remote.root / "a.tar.gz", members)
     azip = write_zip(remote.root / "b.zip", members)
     with ProxyThread(remote.connection.port, delay_s=0.015) as proxy:
-        far = via(remote.connection, proxy.port, tmp_path)
+        far = through(remote.connection, proxy.port, tmp_path)
         asyncio.run(run_task(settings_for(remote.path(big), tmp_path / "big.bin"), far))
         asyncio.run(run_task(settings_for(remote.path(folder), tmp_path / "many"), far))
         for archive in (targz, azip):
@@ -124,7 +99,7 @@ def test_reset_during_overlapped_extraction_resumes(remote: Remote, tmp_path: Pa
         asyncio.run(
             run_task(
                 settings_for(remote.path(archive), save, max_tries=3),
-                via(remote.connection, proxy.port, tmp_path),
+                through(remote.connection, proxy.port, tmp_path),
             )
         )
     assert proxy.resets_done == 1

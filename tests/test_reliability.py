@@ -7,7 +7,6 @@ never a half-written file under a final name.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import resource
 import signal
 import subprocess
@@ -25,13 +24,12 @@ from dataferry import (
     ArchiveError,
     ConfigError,
     TaskObserver,
-    TaskSettings,
     run_task,
 )
 from dataferry._downloads import part_path
 from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from faults import FaultPlan, FaultProxy
-from remote import REPO, Remote, run_cli
+from remote import REPO, Remote, random_bytes, run_cli, settings_for, through, trust_port
 from sshd import OpenSSHServer, start_sshd
 
 # What the fault tests measured, written to tests/.reliability-last-run.txt
@@ -59,32 +57,8 @@ class Starts(TaskObserver):
         self.retries += 1
 
 
-def relabel_known_hosts(connection: ConnectionSettings, port: int, path: Path) -> Path:
-    """The server's key, trusted for the proxy's port too."""
-    key = connection.known_hosts.read_text().split(maxsplit=1)[1]
-    path.write_text(f"[127.0.0.1]:{port} {key}")
-    return path
-
-
-def via(connection: ConnectionSettings, port: int, tmp_path: Path) -> ConnectionSettings:
-    known = relabel_known_hosts(connection, port, tmp_path / f"known_hosts_{port}")
-    return connection.model_copy(update={"port": port, "known_hosts": known})
-
-
-def settings_for(remote_path: str, save: Path, **values: object) -> TaskSettings:
-    return TaskSettings.model_validate(
-        {
-            "name": "t",
-            "file_save_path": save,
-            "remote_file_path": remote_path,
-            "retry_delay": 0,
-            **values,
-        }
-    )
-
-
 def random_file(path: Path, size: int, seed: int = 7) -> Path:
-    path.write_bytes(hashlib.shake_256(str(seed).encode()).digest(size))
+    path.write_bytes(random_bytes(size, seed))
     return path
 
 
@@ -97,7 +71,7 @@ def test_connection_resets_resume_to_identical_bytes(
     plan = FaultPlan(resets=3, reset_after=(16 << 20, 24 << 20), seed=seed)
     starts = Starts()
     with FaultProxy(remote.connection.port, plan) as proxy:
-        connection = via(remote.connection, proxy.port, tmp_path)
+        connection = through(remote.connection, proxy.port, tmp_path)
         save = tmp_path / "out" / "big.bin"
         asyncio.run(
             run_task(settings_for(remote.path(source), save, max_tries=6), connection, starts)
@@ -149,7 +123,7 @@ def test_server_restart_mid_transfer(tmp_path: Path) -> None:
             asyncio.run(
                 run_task(
                     settings_for(str(source), save, max_tries=5, retry_delay=0.3),
-                    via(connection, proxy.port, tmp_path),
+                    through(connection, proxy.port, tmp_path),
                     starts,
                 )
             )
@@ -189,9 +163,7 @@ def test_sigkill_then_rerun_resumes(remote: Remote, tmp_path: Path) -> None:
         env = {
             **remote.env(),
             "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(
-                relabel_known_hosts(remote.connection, proxy.port, tmp_path / "kh")
-            ),
+            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
         }
         process = subprocess.Popen(
             [sys.executable, *args],

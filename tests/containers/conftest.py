@@ -37,8 +37,10 @@ def skip_reason() -> str | None:
     if os.environ.get(ENABLE_VAR) != "1":
         return f"container tests run with `make test-containers` ({ENABLE_VAR}=1)"
     if os.geteuid() != 0:
-        return ("needs root: apt-get, debootstrap and podman's rootful API service "
-                "(run `sudo make test-containers`)")
+        return (
+            "needs root: apt-get, debootstrap and podman's rootful API service "
+            "(run `sudo make test-containers`)"
+        )
     if shutil.which("podman") is None and shutil.which("apt-get") is None:
         return "podman is not installed and this is no Debian system to install it on"
     return None
@@ -56,8 +58,10 @@ class Result:
         return self.stdout + self.stderr
 
     def describe(self) -> str:
-        return (f"$ {' '.join(self.args)}\nexit {self.returncode}\n--- stdout\n"
-                f"{self.stdout[-6000:]}\n--- stderr\n{self.stderr[-6000:]}")
+        return (
+            f"$ {' '.join(self.args)}\nexit {self.returncode}\n--- stdout\n"
+            f"{self.stdout[-6000:]}\n--- stderr\n{self.stderr[-6000:]}"
+        )
 
 
 @dataclass
@@ -69,11 +73,23 @@ class Docker:
     v1: list[str] = field(default_factory=lambda: ["docker-compose"])
     v2: list[str] = field(default_factory=lambda: ["docker", "compose"])
 
-    def run(self, args: Sequence[str], *, check: bool = True, timeout: float = 600,
-            input: str | None = None, cwd: Path | None = None) -> Result:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 600,
+        input: str | None = None,
+        cwd: Path | None = None,
+    ) -> Result:
         proc = subprocess.run(
-            list(args), cwd=cwd or self.project_dir, env=self.env, text=True,
-            capture_output=True, timeout=timeout, input=input,
+            list(args),
+            cwd=cwd or self.project_dir,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            input=input,
             stdin=subprocess.DEVNULL if input is None else None,
         )
         result = Result(list(args), proc.returncode, proc.stdout, proc.stderr)
@@ -81,8 +97,9 @@ class Docker:
             raise AssertionError(f"command failed\n{result.describe()}")
         return result
 
-    def compose(self, *args: str, spelling: str = "v1", check: bool = True,
-                timeout: float = 600) -> Result:
+    def compose(
+        self, *args: str, spelling: str = "v1", check: bool = True, timeout: float = 600
+    ) -> Result:
         base = self.v1 if spelling == "v1" else self.v2
         return self.run([*base, *args], check=check, timeout=timeout)
 
@@ -91,8 +108,15 @@ class Docker:
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", check=False, timeout=120)
-        self.compose("-f", "docker-compose.prod.yaml", "down", "--volumes", "--remove-orphans",
-                     check=False, timeout=120)
+        self.compose(
+            "-f",
+            "docker-compose.prod.yaml",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            check=False,
+            timeout=120,
+        )
 
     def image_size(self, image: str) -> int:
         out = self.docker("image", "inspect", "--format", "{{.Size}}", image).stdout
@@ -108,10 +132,16 @@ def _gate() -> None:
 
 def _copy_repo(dest: Path) -> None:
     """What git would commit (tracked + untracked, not ignored), without .env or data."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO / name
         if not source.is_file() or name == ".env" or name.startswith("data/"):
@@ -128,15 +158,17 @@ def docker_env() -> dict[str, str]:
     if proc.returncode != 0:
         pytest.fail(f"containers/setup.sh failed:\n{proc.stdout}\n{proc.stderr}")
     env = dict(os.environ)
-    env.update({
-        "DOCKER_HOST": f"unix://{SOCKET}",
-        "COMPOSE_PROJECT_NAME": PROJECT,
-        # Plain, parseable output from compose v2.
-        "COMPOSE_ANSI": "never",
-        "COMPOSE_PROGRESS": "plain",
-        "COMPOSE_STATUS_STDOUT": "1",
-        "DOCKER_CLI_HINTS": "false",
-    })
+    env.update(
+        {
+            "DOCKER_HOST": f"unix://{SOCKET}",
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            # Plain, parseable output from compose v2.
+            "COMPOSE_ANSI": "never",
+            "COMPOSE_PROGRESS": "plain",
+            "COMPOSE_STATUS_STDOUT": "1",
+            "DOCKER_CLI_HINTS": "false",
+        }
+    )
     env.pop("DOCKER_CONTEXT", None)
     return env
 
@@ -185,11 +217,14 @@ def _healthcheck_pump(request: pytest.FixtureRequest) -> Iterator[None]:
             try:
                 ids = subprocess.run(
                     ["podman", "ps", "-q", "--filter", "health=starting"],
-                    capture_output=True, text=True, timeout=20,
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
                 ).stdout.split()
                 for cid in ids:
-                    subprocess.run(["podman", "healthcheck", "run", cid],
-                                   capture_output=True, timeout=20)
+                    subprocess.run(
+                        ["podman", "healthcheck", "run", cid], capture_output=True, timeout=20
+                    )
             except (OSError, subprocess.SubprocessError):
                 continue
 
@@ -207,7 +242,8 @@ def dev_image(docker: Docker) -> str:
     """`docker-compose build`, the seed's first command."""
     docker.compose("build")
     IMAGE_SIZES["python:3.11.8-slim (the stand-in base)"] = docker.image_size(
-        "docker.io/library/python:3.11.8-slim")
+        "docker.io/library/python:3.11.8-slim"
+    )
     IMAGE_SIZES[f"{DEV_IMAGE} (Dockerfile)"] = docker.image_size(DEV_IMAGE)
     return DEV_IMAGE
 

@@ -53,9 +53,21 @@ def expected_data(project_dir: Path) -> dict[str, dict[str, str]]:
         shutil.copy(project_dir / "config.json", Path(tmp) / "config.json")
         env = {k: v for k, v in os.environ.items() if k != "DATAFERRY_DATA_DIR"}
         proc = subprocess.run(
-            [sys.executable, "-m", "dataferry", "demo", "--config", "config.json",
-             "--size", str(sample_size(project_dir))],
-            cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "dataferry",
+                "demo",
+                "--config",
+                "config.json",
+                "--size",
+                str(sample_size(project_dir)),
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, f"dataferry demo failed:\n{proc.stdout}\n{proc.stderr}"
         return {task: tree_digest(Path(tmp) / "data" / task) for task in TASKS}
@@ -71,7 +83,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             digests[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
-
 
 
 def _wait_for_tasks(docker: Docker, timeout: float = 300) -> dict[str, int]:
@@ -113,8 +124,12 @@ def test_compose_files_validate(docker: Docker, spelling: str, compose_file: str
 
 @pytest.mark.parametrize("spelling", ["v1", "v2"])
 def test_compose_up_fetches_the_three_datasets(
-    docker: Docker, dev_image: str, project_dir: Path, expected_data: dict[str, dict[str, str]],
-    spelling: str, tmp_path: Path,
+    docker: Docker,
+    dev_image: str,
+    project_dir: Path,
+    expected_data: dict[str, dict[str, str]],
+    spelling: str,
+    tmp_path: Path,
 ) -> None:
     """`cp .env.example .env && docker-compose up`: all three datasets, byte for byte."""
     docker.compose("down", "--volumes", "--remove-orphans", check=False)
@@ -140,7 +155,10 @@ def test_compose_up_fetches_the_three_datasets(
 
 
 def test_seed_run_commands_use_the_default_commands(
-    docker: Docker, dev_image: str, project_dir: Path, expected_data: dict[str, dict[str, str]],
+    docker: Docker,
+    dev_image: str,
+    project_dir: Path,
+    expected_data: dict[str, dict[str, str]],
 ) -> None:
     """`docker-compose run task1` (and 2, 3): the service's default command, one task each."""
     _clear_data(project_dir)
@@ -158,15 +176,24 @@ def test_seed_help_command(docker: Docker, dev_image: str, spelling: str) -> Non
     assert "--file_save_path" in result.stdout
 
 
-def test_seed_flag_override_command(docker: Docker, dev_image: str, project_dir: Path,
-                                    tmp_path: Path) -> None:
+def test_seed_flag_override_command(
+    docker: Docker, dev_image: str, project_dir: Path, tmp_path: Path
+) -> None:
     """`docker-compose run task2 task_2.py --file_save_path PATH --remote_file_path PATH ...`"""
     remote = f"{REMOTE_DIR}/february-small.tar.gz"
     docker.compose(
-        "run", "--rm", "task2", "task_2.py",
-        "--file_save_path", "/app/data/task2/override/feb.tar.gz",
-        "--remote_file_path", remote,
-        "--keep_zip_tar_file", "true", "--overwrite", "true",
+        "run",
+        "--rm",
+        "task2",
+        "task_2.py",
+        "--file_save_path",
+        "/app/data/task2/override/feb.tar.gz",
+        "--remote_file_path",
+        remote,
+        "--keep_zip_tar_file",
+        "true",
+        "--overwrite",
+        "true",
     )
     saved = project_dir / "data" / "task2" / "override" / "feb.tar.gz"
     assert saved.is_file(), "the archive was not kept where --file_save_path said"
@@ -177,8 +204,17 @@ def test_seed_flag_override_command(docker: Docker, dev_image: str, project_dir:
 
 def test_save_path_outside_the_data_volume_is_refused(docker: Docker, dev_image: str) -> None:
     result = docker.compose(
-        "run", "--rm", "task1", "task_1.py", "--task", "task_1", "--config_file", "config.json",
-        "--file_save_path", "/tmp/january.csv.zip", check=False,
+        "run",
+        "--rm",
+        "task1",
+        "task_1.py",
+        "--task",
+        "task_1",
+        "--config_file",
+        "config.json",
+        "--file_save_path",
+        "/tmp/january.csv.zip",
+        check=False,
     )
     assert result.returncode == 2, result.describe()
     assert "outside the container's data folder /app/data" in result.output
@@ -193,17 +229,23 @@ def test_interactive_shell_command(docker: Docker, dev_image: str) -> None:
     """
     plugin = "/usr/local/lib/docker/cli-plugins/docker-compose"
     command = f"{plugin} run --rm --entrypoint /bin/bash -it task1"
-    result = docker.run(["script", "-qec", command, "/dev/null"], input=SHELL_PROBE,
-                        timeout=180, check=False)
+    result = docker.run(
+        ["script", "-qec", command, "/dev/null"], input=SHELL_PROBE, timeout=180, check=False
+    )
     assert "inside-42" in result.output, result.describe()
     # Debian's v1 spelling of the same.
-    result = docker.run(["script", "-qec", "docker-compose run --rm --entrypoint /bin/bash task1",
-                         "/dev/null"], input=SHELL_PROBE, timeout=180, check=False)
+    result = docker.run(
+        ["script", "-qec", "docker-compose run --rm --entrypoint /bin/bash task1", "/dev/null"],
+        input=SHELL_PROBE,
+        timeout=180,
+        check=False,
+    )
     assert "inside-42" in result.output, result.describe()
 
 
-def test_source_is_mounted_for_edit_and_rerun(docker: Docker, dev_image: str,
-                                              project_dir: Path) -> None:
+def test_source_is_mounted_for_edit_and_rerun(
+    docker: Docker, dev_image: str, project_dir: Path
+) -> None:
     probe = project_dir / "src" / "mount_probe.py"
     probe.write_text("print('edited on the host at', __file__)\n")
     try:
@@ -217,10 +259,25 @@ def test_metrics_on_the_published_port_while_a_task_runs(docker: Docker, dev_ima
     """task2 retries against a closed port; meanwhile 127.0.0.1:8001/metrics shows it."""
     docker.docker("rm", "--force", "metrics-probe", check=False)
     docker.compose(
-        "run", "--detach", "--service-ports", "--name", "metrics-probe",
-        "-e", "REMOTE_PORT=2223",
-        "task2", "task_2.py", "--task", "task_2", "--config_file", "config.json",
-        "--metrics_port", "8000", "--max_tries", "30", "--retry_delay", "1",
+        "run",
+        "--detach",
+        "--service-ports",
+        "--name",
+        "metrics-probe",
+        "-e",
+        "REMOTE_PORT=2223",
+        "task2",
+        "task_2.py",
+        "--task",
+        "task_2",
+        "--config_file",
+        "config.json",
+        "--metrics_port",
+        "8000",
+        "--max_tries",
+        "30",
+        "--retry_delay",
+        "1",
     )
     try:
         port = docker.docker("port", "metrics-probe", "8000").stdout
@@ -230,8 +287,10 @@ def test_metrics_on_the_published_port_while_a_task_runs(docker: Docker, dev_ima
             try:
                 with urllib.request.urlopen("http://127.0.0.1:8001/metrics", timeout=5) as resp:
                     body = resp.read().decode()
-                if 'dataferry_retries_total{task="task_2"} 0.0' not in body \
-                        and 'dataferry_retries_total{task="task_2"}' in body:
+                if (
+                    'dataferry_retries_total{task="task_2"} 0.0' not in body
+                    and 'dataferry_retries_total{task="task_2"}' in body
+                ):
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass
@@ -253,8 +312,9 @@ def _ensure_sftp(docker: Docker) -> None:
     docker.compose("up", "--detach", "sftp")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        state = docker.docker("inspect", "--format", "{{.State.Health.Status}}", "sftp-dev",
-                              check=False).stdout.strip()
+        state = docker.docker(
+            "inspect", "--format", "{{.State.Health.Status}}", "sftp-dev", check=False
+        ).stdout.strip()
         if state == "healthy":
             return
         time.sleep(1)
@@ -262,8 +322,9 @@ def _ensure_sftp(docker: Docker) -> None:
 
 
 def test_prod_image_runs_as_non_root(docker: Docker, prod_image: str) -> None:
-    result = docker.compose("-f", "docker-compose.prod.yaml", "run", "--rm", "--entrypoint",
-                            "id", "production-code")
+    result = docker.compose(
+        "-f", "docker-compose.prod.yaml", "run", "--rm", "--entrypoint", "id", "production-code"
+    )
     assert "uid=10001(dataferry)" in result.stdout
     assert "uid=0" not in result.stdout
     config = docker.compose("-f", "docker-compose.prod.yaml", "config").stdout
@@ -272,24 +333,46 @@ def test_prod_image_runs_as_non_root(docker: Docker, prod_image: str) -> None:
 
 
 def test_prod_seed_command_fetches_quietly_and_keeps_no_archive(
-    docker: Docker, prod_image: str, dev_image: str, expected_data: dict[str, dict[str, str]],
+    docker: Docker,
+    prod_image: str,
+    dev_image: str,
+    expected_data: dict[str, dict[str, str]],
 ) -> None:
     """`docker-compose -f docker-compose.prod.yaml run production-code task_1.py --task task_1
     --config_file config.json`, pointed at the dev sftp service on the same project network."""
     _ensure_sftp(docker)
     known_hosts_volume = f"{docker.env['COMPOSE_PROJECT_NAME']}_known_hosts"
     result = docker.compose(
-        "-f", "docker-compose.prod.yaml", "run", "--rm",
-        "-v", f"{known_hosts_volume}:/known_hosts:ro",
-        "-e", "REMOTE_HOST_ADDRESS=sftp", "-e", "REMOTE_PORT=2222",
-        "-e", "SSH_KNOWN_HOSTS=/known_hosts/known_hosts",
-        "production-code", "task_1.py", "--task", "task_1", "--config_file", "config.json",
+        "-f",
+        "docker-compose.prod.yaml",
+        "run",
+        "--rm",
+        "-v",
+        f"{known_hosts_volume}:/known_hosts:ro",
+        "-e",
+        "REMOTE_HOST_ADDRESS=sftp",
+        "-e",
+        "REMOTE_PORT=2222",
+        "-e",
+        "SSH_KNOWN_HOSTS=/known_hosts/known_hosts",
+        "production-code",
+        "task_1.py",
+        "--task",
+        "task_1",
+        "--config_file",
+        "config.json",
     )
     # WARNING level: no INFO or DEBUG log lines, only the final report on stdout.
     assert "INFO" not in result.stderr and "DEBUG" not in result.stderr, result.describe()
     listing = docker.compose(
-        "-f", "docker-compose.prod.yaml", "run", "--rm", "--entrypoint", "python",
-        "production-code", "-c",
+        "-f",
+        "docker-compose.prod.yaml",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        "production-code",
+        "-c",
         "import hashlib, json, os, pathlib; "
         "d = pathlib.Path('/app/data/task1'); "
         "print(json.dumps({p.name: [hashlib.sha256(p.read_bytes()).hexdigest(), "
@@ -308,11 +391,13 @@ def test_report_image_sizes(docker: Docker, dev_image: str, prod_image: str) -> 
     print(json.dumps(sizes))
 
 
-def test_images_carry_no_secrets_or_dot_files(docker: Docker, dev_image: str,
-                                              prod_image: str) -> None:
-    script = ("import pathlib; print([str(p) for p in pathlib.Path('/app').rglob('*') "
-              "if p.name.startswith('.env') or p.name in ('.git', '.venv', 'tests')])")
+def test_images_carry_no_secrets_or_dot_files(
+    docker: Docker, dev_image: str, prod_image: str
+) -> None:
+    script = (
+        "import pathlib; print([str(p) for p in pathlib.Path('/app').rglob('*') "
+        "if p.name.startswith('.env') or p.name in ('.git', '.venv', 'tests')])"
+    )
     for image in (dev_image, prod_image):
         out = docker.docker("run", "--rm", "--entrypoint", "python", image, "-c", script).stdout
         assert out.strip() == "[]", (image, out)
-
