@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -34,10 +35,28 @@ PART_SUFFIX = ".dataferry-part"
 # back short and cost an extra round trip.
 DEFAULT_BLOCK_SIZE = 255 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
+# Flush to disk in the background every this many bytes of one file.
+EARLY_SYNC_BYTES = 64 * 2**20
 # Smaller files are simply fetched again after an interruption: no side file.
 RESUME_MIN_BYTES = 1024 * 1024
-# Requests in flight per file: 64 x 255 KiB ~ 16 MiB, matching the channel window.
-DEFAULT_REQUESTS_IN_FLIGHT = 64
+# Requests in flight: enough to cover bandwidth x round trip on a far link, but
+# few on a near one, where OpenSSH slows down as replies queue in its buffers.
+# Measured here, 512 MiB over loopback: 0.75 s with 16 reads of 255 KiB in
+# flight, 1.45 s with 64, 2.6 s with 128; 200 MB at 30 ms RTT: 1.75 s with 16,
+# 0.95 s with 32, 0.87 s with 48-64.
+MIN_REQUESTS_IN_FLIGHT = 16
+MAX_REQUESTS_IN_FLIGHT = 64
+TARGET_RATE = 256 * 2**20  # bytes/s the request budget is sized for
+DEFAULT_REQUESTS_IN_FLIGHT = MAX_REQUESTS_IN_FLIGHT
+
+
+def requests_budget(session: RemoteSession) -> int:
+    """Reads to keep in flight on this connection, from its measured round trip."""
+    if not math.isfinite(session.round_trip):
+        return MAX_REQUESTS_IN_FLIGHT  # not measured yet: assume a far link
+    block = _block_size(session)
+    needed = MIN_REQUESTS_IN_FLIGHT + math.ceil(session.round_trip * TARGET_RATE / block)
+    return min(MAX_REQUESTS_IN_FLIGHT, needed)
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -229,6 +248,8 @@ async def _pipelined_copy(
     end = remote.size
     next_offset = start
     write_offset = start
+    synced_offset = start
+    flushing: asyncio.Future[None] | None = None
     pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
 
     def read(offset: int, length: int) -> asyncio.Task[bytes]:
@@ -258,7 +279,22 @@ async def _pipelined_copy(
             observer.bytes_received(remote.path, length)
             if on_written is not None:
                 on_written(write_offset)
+            if write_offset - synced_offset >= EARLY_SYNC_BYTES and (
+                flushing is None or flushing.done()
+            ):
+                if flushing is not None:
+                    flushing.result()  # raise a disk error now
+                # Start writing to disk while the transfer goes on, so the final
+                # fsync has little left to do (1 GiB at once took seconds here).
+                synced_offset = write_offset
+                flushing = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, fd))
+        if flushing is not None:
+            await flushing
     finally:
+        if flushing is not None and not flushing.done():
+            # The caller closes fd next; let the background flush finish first.
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await asyncio.shield(flushing)
         for _, _, task in pending:
             task.cancel()
         for _, _, task in pending:

@@ -21,10 +21,10 @@ from tenacity import (
 )
 
 from ._downloads import (
-    DEFAULT_REQUESTS_IN_FLIGHT,
     destination_error,
     download_file,
     part_path,
+    requests_budget,
     sync_directory,
 )
 from ._exceptions import DestinationError, OverwriteConflictError, TransferError
@@ -187,7 +187,7 @@ class _TaskRun:
         average = sum(item.remote.size for item in todo) / len(todo)
         limit = SMALL_FILES_IN_FLIGHT if average < SMALL_FILE_BYTES else FILES_IN_FLIGHT
         parallel = min(limit, len(todo))
-        requests_per_file = max(4, DEFAULT_REQUESTS_IN_FLIGHT // parallel)
+        requests_per_file = max(4, requests_budget(session) // parallel)
         queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
         for item in todo:
             queue.put_nowait(item)

@@ -32,6 +32,25 @@ log = logging.getLogger("dataferry")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dataferry`` command."""
+    return _exit_now(_main(argv), from_command_line=argv is None)
+
+
+def _exit_now(code: int, *, from_command_line: bool) -> int:
+    """From the command line, leave without tearing the interpreter down.
+
+    The teardown (module cleanup, idle worker threads) took ~80 ms here, a
+    tenth of fetching and extracting a 68 MB archive. By now every file is
+    closed, fsynced and renamed, and no work is left running.
+    """
+    if from_command_line:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -61,7 +80,7 @@ def run_seed_script(task: str, script: str, argv: list[str] | None = None) -> in
         config = _load_config(args.config_file, explicit=args.config_file is not None, default=None)
         return _run_tasks([args.task], config, overrides_from(args))
 
-    return _report_errors(run)
+    return _exit_now(_report_errors(run), from_command_line=argv is None)
 
 
 def _report_errors(action: Callable[[], int]) -> int:
