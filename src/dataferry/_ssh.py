@@ -32,6 +32,7 @@ CHANNEL_WINDOW = 16 * 2**20
 # here; the rest of asyncssh's defaults follow, so any server still works.
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 CONNECT_TIMEOUT = 20.0
+KEEPALIVE_INTERVAL = 20.0
 # Larger SSH packets: fewer per-packet costs in Python. 512 MiB over loopback
 # took 0.84 s with asyncssh's 32 KiB, 0.71 s with 256 KiB (mean of 3).
 MAX_PACKET_SIZE = 256 * 1024
@@ -301,6 +302,10 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
             window=CHANNEL_WINDOW,
             max_pktsize=MAX_PACKET_SIZE,
             connect_timeout=CONNECT_TIMEOUT,
+            # A link that goes silent mid-transfer is dropped (and retried) after
+            # about a minute instead of hanging forever.
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            keepalive_count_max=3,
             config=[],
             agent_path=None if settings.key_file or password else (),
         )
