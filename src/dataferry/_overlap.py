@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import struct
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -148,28 +147,6 @@ class GrowingFile(io.RawIOBase):
         super().close()
 
 
-# Both threads run Python between C calls (network packets; inflate and write
-# calls). With the default 5 ms GIL switch interval the extractor waits up to
-# 5 ms after every such call: measured here, inflating 64 MB beside a busy
-# Python thread took 2.4 s at 5 ms, 0.2 s at 0.2 ms (0.06 s alone).
-SWITCH_INTERVAL = 0.0002
-_running = 0
-_default_interval = sys.getswitchinterval()
-
-
-def _overlap_started() -> None:
-    global _running
-    _running += 1
-    sys.setswitchinterval(SWITCH_INTERVAL)
-
-
-def _overlap_ended() -> None:
-    global _running
-    _running -= 1
-    if _running == 0:
-        sys.setswitchinterval(_default_interval)
-
-
 class OverlappedExtraction:
     """An extraction running in a thread while the archive downloads."""
 
@@ -177,7 +154,6 @@ class OverlappedExtraction:
         self.reader = reader
         self._done = done
         self._ended = False
-        _overlap_started()
 
     async def finish(self) -> list[Path]:
         """Wait for the extraction (the download has completed); raise what it raised."""
@@ -197,7 +173,6 @@ class OverlappedExtraction:
         if not self._ended:
             self._ended = True
             self.reader.close()
-            _overlap_ended()
 
 
 async def start_extraction(
