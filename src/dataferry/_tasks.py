@@ -122,7 +122,7 @@ class _TaskRun:
         self.connection = connection
         self.observer = observer
         self.report = TaskReport(settings.name)
-        self.plan: list[PlannedFile] | None = None
+        self.planned = False  # the first try's plan checks conflicts and skips
         self.state: DestinationState | None = None
         self.up_to_date: set[str] = set()
         self.done: dict[str, PlannedFile] = {}
@@ -137,9 +137,9 @@ class _TaskRun:
         async with open_session(self.connection) as session:
             self.observer.state_changed(name, "listing")
             plan = await plan_task(session, self.settings)
-            if self.plan is None:
+            if not self.planned:
                 self._first_plan(plan)
-            self.plan = plan
+                self.planned = True
             todo = [
                 item
                 for item in plan
