@@ -35,8 +35,10 @@ PART_SUFFIX = ".dataferry-part"
 # back short and cost an extra round trip.
 DEFAULT_BLOCK_SIZE = 255 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
-# Flush to disk in the background every this many bytes of one file.
-EARLY_SYNC_BYTES = 64 * 2**20
+# Flush to disk in the background every this many bytes of one file, so the
+# final fsync has little left. 1 GiB over loopback, median of 4, ratio to scp:
+# 1.03-1.06 flushing every 64 MiB, 0.95-0.98 every 256 MiB, 1.00 never.
+EARLY_SYNC_BYTES = 256 * 2**20
 # Smaller files are simply fetched again after an interruption: no side file.
 RESUME_MIN_BYTES = 1024 * 1024
 # Requests in flight: enough to cover bandwidth x round trip on a far link, but
