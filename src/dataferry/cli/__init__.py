@@ -97,6 +97,14 @@ def _report_errors(action: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as exc:  # a bug: still one line, the details at DEBUG
+        log.debug("unexpected failure", exc_info=True)
+        print(
+            f"dataferry: error: unexpected {type(exc).__name__}: {exc} "
+            "(run with --log-level DEBUG for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _load_config(path: Path | None, *, explicit: bool, default: Path | None) -> ConfigFile | None:
