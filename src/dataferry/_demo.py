@@ -58,23 +58,28 @@ def run_demo(config_path: Path, *, size_bytes: int) -> int:
     with tempfile.TemporaryDirectory(prefix="dataferry-demo-") as workdir:
         reports = asyncio.run(_serve_and_run(config, size_bytes, Path(workdir), LogProgress()))
     table = Table(title="dataferry demo")
-    for column in ("task", "files", "bytes", "seconds", "saved to"):
-        table.add_column(
-            column, justify="right" if column in ("files", "bytes", "seconds") else "left"
-        )
+    numeric = ("files", "up to date", "bytes", "seconds")
+    for column in ("task", *numeric, "saved to"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for report in reports:
-        folders = sorted({str(path.parent) for path in report.files})
+        folders = sorted({str(path.parent) for path in report.files + report.up_to_date})
         table.add_row(
             report.task,
             str(len(report.files)),
+            str(len(report.up_to_date)),
             human_bytes(report.bytes_transferred),
             f"{report.seconds:.2f}",
             ", ".join(folders),
         )
-    total_files = sum(len(report.files) for report in reports)
-    total_bytes = sum(report.bytes_transferred for report in reports)
     table.add_row(
-        "total", str(total_files), human_bytes(total_bytes), f"{time.monotonic() - started:.2f}", ""
+        "total",
+        str(sum(len(report.files) for report in reports)),
+        str(sum(len(report.up_to_date) for report in reports)),
+        human_bytes(sum(report.bytes_transferred for report in reports)),
+        f"{time.monotonic() - started:.2f}",
+        "",
     )
     console.print(table)
+    if any(report.up_to_date for report in reports):
+        console.print("Files already up to date were skipped (delete ./data to fetch them again).")
     return 0
