@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dataferry import ArchiveError, TaskObserver, run_task
+from dataferry import ArchiveError, OverwriteConflictError, TaskObserver, run_task
 from dataferry._state import is_bookkeeping
 from dataferry._tasks import OVERLAP_MIN_BYTES
 from faults import FaultPlan, FaultProxy
@@ -128,3 +128,33 @@ def test_hostile_archive_refused_while_downloading(
     assert tree(dest) == {"keep.txt": b"mine", archive.name: archive.read_bytes()}
     assert not (tmp_path / "inner" / "escape.txt").exists()
     assert not [p for p in dest.iterdir() if p.name.startswith(".dataferry-extract")]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_member_conflict_stops_the_download_early(
+    remote: Remote, tmp_path: Path, kind: str
+) -> None:
+    # overwrite false and the archive's first member already exists here: the run
+    # stops while the archive is still downloading (through a slow link), and
+    # nothing in the destination changes.
+    members = {"first.csv": b"new\n", "big.bin": random_bytes(40 << 20, 6)}
+    writer = write_zip if kind == "zip" else write_tar_gz
+    archive = writer(remote.root / f"c.{kind}", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "first.csv").write_text("mine\n")
+    with FaultProxy(remote.connection.port, FaultPlan(rate=8 << 20)) as proxy:
+        with pytest.raises(OverwriteConflictError, match=r"first\.csv"):
+            asyncio.run(
+                run_task(
+                    settings_for(remote.path(archive), dest / archive.name, overwrite=False),
+                    through(remote.connection, proxy.port, tmp_path),
+                )
+            )
+        sent = proxy.bytes_to_client
+    # Stopped well before the end. The embedded server runs in this test process
+    # and shares its GIL with the client and the proxy, so it reacts later.
+    share = 0.5 if remote.kind == "openssh" else 0.9
+    assert sent < archive.stat().st_size * share
+    assert tree(dest) == {"first.csv": b"mine\n"}
+    assert not (dest / archive.name).exists()

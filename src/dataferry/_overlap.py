@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ._downloads import part_path
+from ._exceptions import OverwriteConflictError
 from ._extract import (
     ArchiveKind,
     ExtractLimits,
@@ -152,13 +153,21 @@ class OverlappedExtraction:
 
     def __init__(self, reader: GrowingFile, done: asyncio.Future[list[Path]]) -> None:
         self.reader = reader
-        self._done = done
+        self.done = done
         self._ended = False
+
+    def conflict(self) -> OverwriteConflictError | None:
+        """The extraction's overwrite conflict, if it has already stopped on one."""
+        if self.done.done() and not self.done.cancelled():
+            error = self.done.exception()
+            if isinstance(error, OverwriteConflictError):
+                return error
+        return None
 
     async def finish(self) -> list[Path]:
         """Wait for the extraction (the download has completed); raise what it raised."""
         try:
-            return await self._done
+            return await self.done
         finally:
             self._close()
 
@@ -166,7 +175,7 @@ class OverlappedExtraction:
         """The download failed: stop the extraction, which removes its staging folder."""
         self.reader.abort(reason)
         with contextlib.suppress(Exception):
-            await self._done
+            await self.done
         self._close()
 
     def _close(self) -> None:

@@ -7,10 +7,12 @@ reports through a :class:`TaskObserver` and raises dataferry exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -233,8 +235,8 @@ class _TaskRun:
             )
             if overlap is not None:
                 self.observer.state_changed(self.settings.name, "transferring+extracting")
-        try:
-            result = await download_file(
+        download = asyncio.ensure_future(
+            download_file(
                 session,
                 item.remote,
                 item.local,
@@ -243,7 +245,26 @@ class _TaskRun:
                 expected_sha256=digests.get(item.remote.path),
                 on_written=overlap.reader.advance if overlap else None,
             )
+        )
+        try:
+            if overlap is not None:
+                either: list[asyncio.Future[Any]] = [download, overlap.done]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                conflict = overlap.conflict()
+                if conflict is not None and not download.done():
+                    # overwrite is false and the archive's first entries (a zip's
+                    # directory) already clash with existing files: stop now, not
+                    # after the whole download. The partial file stays, resumable.
+                    download.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await download
+                    raise conflict
+            result = await download
         except BaseException as exc:
+            if not download.done():
+                download.cancel()
+                with contextlib.suppress(BaseException):
+                    await download
             if overlap is not None:
                 await overlap.cancel(str(exc))
             raise
