@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import tarfile
 import zipfile
@@ -12,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from dataferry import (
+    ArchiveError,
     AuthenticationError,
     HostKeyError,
     OverwriteConflictError,
@@ -273,3 +275,17 @@ def test_refused_connection_is_retried_then_exit_5(remote: Remote, tmp_path: Pat
     with pytest.raises(TransferError, match="failed after 3 tries: cannot connect"):
         run(task(remote, "/x", tmp_path / "x", max_tries=3), connection, recorder)
     assert len(recorder.retries) == 2
+
+
+def test_extraction_caps_come_from_the_config(remote: Remote, tmp_path: Path) -> None:
+    data = hashlib.shake_256(b"caps").hexdigest(1_500_000).encode()  # 3 MB, ratio ~2
+    make_zip(remote.root / "big.zip", {"data.csv": data})
+    save = tmp_path / "caps" / "big.zip"
+    with pytest.raises(ArchiveError, match=r"data\.csv.*exceeds the limit of 1000000 bytes"):
+        run(
+            task(remote, remote.root / "big.zip", save, max_extract_bytes=1_000_000),
+            remote.connection,
+        )
+    assert not (save.parent / "data.csv").exists()
+    run(task(remote, remote.root / "big.zip", save, overwrite=True), remote.connection)
+    assert (save.parent / "data.csv").read_bytes() == data

@@ -80,6 +80,10 @@ class TaskSettings(BaseModel):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     verify: Literal["size", "sha256"] = "size"
     force: Bool = False
+    # Decompression-bomb caps: total bytes an archive may unpack to, and the
+    # largest uncompressed/compressed ratio (real CSV stays well under 20).
+    max_extract_bytes: int = Field(default=64 * 2**30, ge=1)
+    max_compression_ratio: float = Field(default=1000.0, gt=1)
 
     @field_validator("remote_file_path")
     @classmethod

@@ -128,6 +128,9 @@ class _TaskRun:
         self.state: DestinationState | None = None
         self.up_to_date: set[str] = set()
         self.done: dict[str, PlannedFile] = {}
+        self.limits = ExtractLimits(
+            max_total_bytes=settings.max_extract_bytes, max_ratio=settings.max_compression_ratio
+        )
         # Archives extracted while they downloaded (remote path -> files).
         self.extracted_early: dict[str, list[Path]] = {}
 
@@ -231,7 +234,7 @@ class _TaskRun:
                 item.remote,
                 item.local,
                 overwrite=self.settings.overwrite,
-                limits=ExtractLimits(),
+                limits=self.limits,
             )
             if overlap is not None:
                 self.observer.state_changed(self.settings.name, "transferring+extracting")
@@ -291,7 +294,7 @@ class _TaskRun:
                     path,
                     path.parent,
                     overwrite=settings.overwrite,
-                    limits=ExtractLimits(),
+                    limits=self.limits,
                     kind=kind,
                 )
                 self.report.extracted.extend(extracted)
