@@ -43,8 +43,9 @@ def _exit_now(code: int, *, from_command_line: bool) -> int:
     closed, fsynced and renamed, and no work is left running.
     """
     if from_command_line:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # e.g. `dataferry ... | head -1`
+                stream.flush()
         logging.shutdown()
         os._exit(code)
     return code
