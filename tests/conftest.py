@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dataferry._server import EmbeddedSFTPServer
-from remote import Remote, embedded_connection, sshd_connection
+from remote import Remote, sshd_connection
 from sshd import (
     OpenSSHServer,
     ensure_password_user,
@@ -76,7 +76,7 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
     embedded: EmbeddedSFTPServer = request.getfixturevalue("embedded_server")
     root = embedded.root / tmp_path.name
     root.mkdir()
-    return Remote("embedded", root, embedded_connection(embedded, known_hosts), embedded.root)
+    return Remote("embedded", root, embedded.connection_settings(known_hosts), embedded.root)
 
 
 @pytest.fixture

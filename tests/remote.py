@@ -9,9 +9,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from dataferry._server import EmbeddedSFTPServer
 from dataferry._settings import ConnectionSettings, HostKeyPolicy, TaskSettings
 from sshd import OpenSSHServer
 
@@ -71,18 +68,6 @@ def sshd_connection(server: OpenSSHServer, known_hosts: Path) -> ConnectionSetti
         port=server.port,
         username=server.username,
         key_file=server.client_key,
-        known_hosts=known_hosts,
-        host_key_policy=HostKeyPolicy.STRICT,
-    )
-
-
-def embedded_connection(server: EmbeddedSFTPServer, known_hosts: Path) -> ConnectionSettings:
-    server.write_known_hosts(known_hosts)
-    return ConnectionSettings(
-        host=server.host,
-        port=server.port,
-        username=server.username,
-        password=SecretStr(server.password),
         known_hosts=known_hosts,
         host_key_policy=HostKeyPolicy.STRICT,
     )

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +21,7 @@ from ._observer import TaskObserver
 from ._progress import LogProgress, human_bytes
 from ._sample import generate_sample_dataset
 from ._server import EmbeddedSFTPServer
-from ._settings import ConfigFile, ConnectionSettings, HostKeyPolicy, resolve_task
+from ._settings import ConfigFile, resolve_task
 from ._tasks import TaskReport, run_task
 
 
@@ -34,15 +33,7 @@ async def _serve_and_run(
     generate_sample_dataset(server_root, size_bytes=size_bytes)
     known_hosts = workdir / "known_hosts"
     async with EmbeddedSFTPServer(server_root) as server:
-        server.write_known_hosts(known_hosts)
-        connection = ConnectionSettings(
-            host=server.host,
-            port=server.port,
-            username=server.username,
-            password=SecretStr(server.password),
-            known_hosts=known_hosts,
-            host_key_policy=HostKeyPolicy.STRICT,
-        )
+        connection = server.connection_settings(known_hosts)
         return [await run_task(settings, connection, observer) for settings in tasks]
 
 

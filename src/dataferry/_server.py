@@ -53,9 +53,11 @@ from asyncssh.constants import (
     FXF_WRITE,
 )
 from asyncssh.stream import SSHServerStreamSession
+from pydantic import SecretStr
 
 from dataferry._exceptions import ConfigError
 from dataferry._sample import generate_sample_dataset
+from dataferry._settings import ConnectionSettings, HostKeyPolicy
 
 __all__ = ["PASSWORD_ENV_VAR", "EmbeddedSFTPServer", "serve"]
 
@@ -476,6 +478,18 @@ class EmbeddedSFTPServer:
             raise RuntimeError("server not started: the port is not known yet")
         algorithm, blob = self.host_key.export_public_key("openssh").decode().split()[:2]
         return f"{_host_pattern(self.connect_host, self.port)} {algorithm} {blob}"
+
+    def connection_settings(self, known_hosts: Path) -> ConnectionSettings:
+        """How a client reaches this server, trusting its key through ``known_hosts``."""
+        self.write_known_hosts(known_hosts)
+        return ConnectionSettings(
+            host=self.connect_host,
+            port=self.port,
+            username=self.username,
+            password=SecretStr(self.password),
+            known_hosts=known_hosts,
+            host_key_policy=HostKeyPolicy.STRICT,
+        )
 
     def write_known_hosts(self, path: Path) -> None:
         """Add this server's entry to ``path``, replacing older entries for the same host:port."""
