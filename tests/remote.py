@@ -6,10 +6,11 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataferry._settings import ConnectionSettings, HostKeyPolicy, TaskSettings
+from dataferry._connection import ConnectionSettings, HostKeyPolicy
+from dataferry._settings import TaskSettings
 from sshd import OpenSSHServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def trust_port(connection: ConnectionSettings, port: int, directory: Path) -> Pa
 def through(connection: ConnectionSettings, port: int, directory: Path) -> ConnectionSettings:
     """The same server reached through a proxy listening on port."""
     known = trust_port(connection, port, directory)
-    return connection.model_copy(update={"port": port, "known_hosts": known})
+    return replace(connection, port=port, known_hosts=known)
 
 
 def run_cli(

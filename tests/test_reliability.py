@@ -26,8 +26,8 @@ from dataferry import (
     TaskObserver,
     run_task,
 )
+from dataferry._connection import ConnectionSettings, HostKeyPolicy
 from dataferry._downloads import part_path
-from dataferry._settings import ConnectionSettings, HostKeyPolicy
 from faults import FaultPlan, FaultProxy
 from remote import REPO, Remote, random_bytes, run_cli, settings_for, through, trust_port
 from sshd import OpenSSHServer, start_sshd

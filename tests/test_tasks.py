@@ -7,10 +7,10 @@ import hashlib
 import io
 import tarfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from dataferry import (
     ArchiveError,
@@ -23,7 +23,7 @@ from dataferry import (
     TransferError,
     run_task,
 )
-from dataferry._settings import ConnectionSettings, HostKeyPolicy
+from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._ssh import _host_label
 from dataferry._state import is_bookkeeping
 from remote import Remote, sshd_connection
@@ -194,7 +194,7 @@ def test_overwrite_false_refuses_before_transferring(remote: Remote, tmp_path: P
 def _with_known_hosts(
     connection: ConnectionSettings, path: Path, policy: HostKeyPolicy
 ) -> ConnectionSettings:
-    return connection.model_copy(update={"known_hosts": path, "host_key_policy": policy})
+    return replace(connection, known_hosts=path, host_key_policy=policy)
 
 
 def test_unknown_host_key_strict_refuses(remote: Remote, tmp_path: Path) -> None:
@@ -240,8 +240,8 @@ def test_wrong_password_fails_fast_without_retrying(
         user, _ = request.getfixturevalue("password_user")
     else:
         user = remote.connection.username
-    connection = remote.connection.model_copy(
-        update={"username": user, "password": SecretStr("wrong-Secret-42"), "key_file": None}
+    connection = replace(
+        remote.connection, username=user, password=Secret("wrong-Secret-42"), key_file=None
     )
     recorder = Recorder()
     with pytest.raises(AuthenticationError) as caught:
@@ -257,8 +257,11 @@ def test_password_login_to_sshd(
     user, password = password_user
     home = Path("/home") / user
     (home / "hello.csv").write_text("a,b\n1,2\n")
-    connection = sshd_connection(sshd_server, tmp_path / "known_hosts").model_copy(
-        update={"username": user, "password": SecretStr(password), "key_file": None}
+    connection = replace(
+        sshd_connection(sshd_server, tmp_path / "known_hosts"),
+        username=user,
+        password=Secret(password),
+        key_file=None,
     )
     settings = TaskSettings(
         name="t", file_save_path=tmp_path / "hello.csv", remote_file_path=str(home / "hello.csv")
@@ -270,7 +273,7 @@ def test_password_login_to_sshd(
 def test_refused_connection_is_retried_then_exit_5(remote: Remote, tmp_path: Path) -> None:
     from sshd import free_port
 
-    connection = remote.connection.model_copy(update={"port": free_port()})
+    connection = replace(remote.connection, port=free_port())
     recorder = Recorder()
     with pytest.raises(TransferError, match="failed after 3 tries: cannot connect"):
         run(task(remote, "/x", tmp_path / "x", max_tries=3), connection, recorder)

@@ -5,10 +5,14 @@ The public API is small: load settings, run a task, catch :class:`DataferryError
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 # First: imports asyncssh without its slow library search (see _startup.py).
 from . import _startup  # noqa: F401
+from ._connection import ConnectionSettings, HostKeyPolicy, resolve_connection
 from ._exceptions import (
     ArchiveError,
     AuthenticationError,
@@ -21,15 +25,31 @@ from ._exceptions import (
     TransferError,
 )
 from ._observer import TaskObserver
-from ._settings import (
-    ConfigFile,
-    ConnectionSettings,
-    HostKeyPolicy,
-    TaskSettings,
-    resolve_connection,
-    resolve_task,
-)
-from ._tasks import TaskReport, run_task
+
+if TYPE_CHECKING:
+    from ._settings import ConfigFile, TaskSettings, resolve_task
+    from ._tasks import TaskReport, run_task
+
+# Loaded on first use: task settings bring pydantic and tasks bring extraction,
+# ~70 ms that the command line spends while its SSH connection is being set up
+# (see cli/__init__.py) rather than before it starts.
+_LAZY = {
+    "ConfigFile": "._settings",
+    "TaskSettings": "._settings",
+    "resolve_task": "._settings",
+    "TaskReport": "._tasks",
+    "run_task": "._tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArchiveError",

@@ -60,6 +60,7 @@ def requests_budget(session: RemoteSession) -> int:
     needed = MIN_REQUESTS_IN_FLIGHT + math.ceil(session.round_trip * TARGET_RATE / block)
     return min(MAX_REQUESTS_IN_FLIGHT, needed)
 
+
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 

@@ -53,11 +53,10 @@ from asyncssh.constants import (
     FXF_WRITE,
 )
 from asyncssh.stream import SSHServerStreamSession
-from pydantic import SecretStr
 
+from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._exceptions import ConfigError
 from dataferry._sample import generate_sample_dataset
-from dataferry._settings import ConnectionSettings, HostKeyPolicy
 
 __all__ = ["PASSWORD_ENV_VAR", "EmbeddedSFTPServer", "serve"]
 
@@ -486,7 +485,7 @@ class EmbeddedSFTPServer:
             host=self.connect_host,
             port=self.port,
             username=self.username,
-            password=SecretStr(self.password),
+            password=Secret(self.password),
             known_hosts=known_hosts,
             host_key_policy=HostKeyPolicy.STRICT,
         )

@@ -1,4 +1,6 @@
-"""Settings: config.json + command-line overrides for a task, .env + environment for the connection.
+"""Task settings: config.json + command-line overrides, validated.
+
+The connection's settings (environment and .env) are in _connection.py.
 
 Precedence for task settings: command-line flag > task section > ``common`` >
 built-in default. Every bad value becomes a one-line :class:`ConfigError` that
@@ -8,7 +10,6 @@ names where the value came from (``config.json: task_2.max_tries: ...`` or
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from collections.abc import Mapping
@@ -21,16 +22,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
 )
 
+from ._defaults import LOG_LEVELS
 from ._exceptions import ConfigError
 
-DEFAULT_CONFIG_FILE = Path("config.json")
 DEFAULT_INCLUDE = ("*.csv", "*.zip")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Set in the container images: saving outside the mounted data folder would
 # silently lose the data when the container exits.
 DATA_DIR_ENV = "DATAFERRY_DATA_DIR"
@@ -243,93 +242,3 @@ def check_container_save_path(settings: TaskSettings) -> None:
             f"container's data folder {root} ({DATA_DIR_ENV}); the file would be lost when "
             "the container exits. Save under the folder the compose file mounts as a volume."
         )
-
-
-# ---------------------------------------------------------------- connection
-
-
-class HostKeyPolicy(enum.StrEnum):
-    STRICT = "strict"
-    ACCEPT_NEW = "accept-new"
-
-
-class ConnectionSettings(BaseModel):
-    """Where and how to connect. Built from the environment and ./.env."""
-
-    model_config = ConfigDict(frozen=True)
-
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    password: SecretStr | None = None
-    key_file: Path | None = None
-    known_hosts: Path = Field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
-    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
-
-    def describe(self) -> str:
-        return f"{self.username}@{self.host}:{self.port}"
-
-
-_ENV_FIELDS = {
-    "REMOTE_HOST_ADDRESS": "host",
-    "REMOTE_PORT": "port",
-    "USERNAME": "username",
-    "PASSWORD": "password",
-    "SSH_KEY_FILE": "key_file",
-    "SSH_KNOWN_HOSTS": "known_hosts",
-    "SSH_HOST_KEY_POLICY": "host_key_policy",
-}
-_ENV_MESSAGES = {
-    "port": "expected a port number from 1 to 65535",
-    "host_key_policy": "expected strict or accept-new",
-}
-
-
-def read_environment(env_file: Path = Path(".env")) -> dict[str, str]:
-    """The .env file's variables, overridden by those already in the environment."""
-    merged: dict[str, str] = {}
-    if env_file.is_file():
-        # Imported here: ~10 ms of start-up, wasted when there is no .env.
-        from dotenv import dotenv_values
-
-        for key, value in dotenv_values(env_file).items():
-            if value is not None:
-                merged[key] = value
-    for key in _ENV_FIELDS:
-        if key in os.environ:
-            merged[key] = os.environ[key]
-    return merged
-
-
-def resolve_connection(
-    environment: Mapping[str, str] | None = None, *, source: str = "environment or .env"
-) -> ConnectionSettings:
-    env = read_environment() if environment is None else environment
-    values: dict[str, object] = {}
-    for variable, field in _ENV_FIELDS.items():
-        raw = env.get(variable, "")
-        if raw.strip() == "":
-            continue
-        if field in ("key_file", "known_hosts"):
-            values[field] = Path(raw).expanduser()
-        elif field == "host_key_policy":
-            values[field] = raw.strip().lower()
-        else:
-            values[field] = raw if field == "password" else raw.strip()
-    for variable, field in (("REMOTE_HOST_ADDRESS", "host"), ("USERNAME", "username")):
-        if field not in values:
-            raise ConfigError(
-                f"{variable} is not set ({source}); copy .env.example to .env and fill it in"
-            )
-    try:
-        settings = ConnectionSettings.model_validate(values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0])
-        variable = next(name for name, value in _ENV_FIELDS.items() if value == field)
-        message = _ENV_MESSAGES.get(field, _describe_error(error))
-        shown = "" if field == "password" else f", got {_show(env.get(variable, ''))}"
-        raise ConfigError(f"{source}: {variable}: {message}{shown}") from None
-    if settings.key_file is not None and not settings.key_file.is_file():
-        raise ConfigError(f"{source}: SSH_KEY_FILE: no such file: {settings.key_file}")
-    return settings

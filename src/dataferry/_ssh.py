@@ -12,6 +12,7 @@ import fnmatch
 import logging
 import os
 import shlex
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -20,8 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import asyncssh
 
+from ._connection import ConnectionSettings, HostKeyPolicy
 from ._exceptions import AuthenticationError, ConfigError, HostKeyError, RemotePathError
-from ._settings import ConnectionSettings, HostKeyPolicy
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -36,6 +37,50 @@ KEEPALIVE_INTERVAL = 20.0
 # Larger SSH packets: fewer per-packet costs in Python. 512 MiB over loopback
 # took 0.84 s with asyncssh's 32 KiB, 0.71 s with 256 KiB (mean of 3).
 MAX_PACKET_SIZE = 256 * 1024
+
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges what it receives at once, not up to 40 ms later.
+
+    OpenSSH's sshd leaves Nagle's algorithm on for non-interactive sessions. It
+    answers a channel open with a small debug message, then holds the small
+    confirmation until that message is acknowledged, and Linux delays that
+    acknowledgement by 40 ms: half of a whole login here (start_sftp_client
+    took 44-49 ms without this, 3-4 ms with it; TCP_QUICKACK does not stick,
+    so it is set again after every read).
+    """
+
+    quick_acks = True
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if self.quick_acks and _TCP_QUICKACK is not None:
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return data
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """Connect a TCP socket to the first address of ``host`` that accepts."""
+    loop = asyncio.get_running_loop()
+    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in addresses:
+        sock = _QuickAckSocket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
 
 
 class TransientError(Exception):
@@ -269,8 +314,10 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
         ) from exc
 
 
-@contextlib.asynccontextmanager
-async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSession]:
+_Connected = tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]
+
+
+async def _connect(settings: ConnectionSettings) -> _Connected:
     """Connect, authenticate, verify the host key and start SFTP.
 
     Raises HostKeyError / AuthenticationError (not retried) or TransientError.
@@ -287,9 +334,12 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
         "connecting to %s (host key policy %s)", settings.describe(), settings.host_key_policy.value
     )
     try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            sock = await _open_socket(settings.host, settings.port)
         connection = await asyncssh.connect(
             settings.host,
             settings.port,
+            sock=sock,
             username=settings.username,
             password=password,
             client_keys=client_keys,
@@ -329,26 +379,84 @@ async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSess
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise TransientError(f"cannot connect to {settings.describe()}: {_reason(exc)}") from exc
     try:
-        try:
-            sftp = await connection.start_sftp_client()
-        except (OSError, asyncssh.Error) as exc:
+        sftp = await connection.start_sftp_client()
+    except BaseException as exc:
+        await _close(connection)
+        if isinstance(exc, OSError | asyncssh.Error):
             raise TransientError(
                 f"cannot start SFTP on {settings.describe()}: {_reason(exc)}"
             ) from exc
-        log.debug(
-            "connected to %s, cipher %s",
-            settings.describe(),
-            connection.get_extra_info("send_cipher"),
-        )
-        session = RemoteSession(connection, sftp, settings)
+        raise
+    log.debug(
+        "connected to %s, cipher %s",
+        settings.describe(),
+        connection.get_extra_info("send_cipher"),
+    )
+    return connection, sftp
+
+
+async def _close(connection: asyncssh.SSHClientConnection) -> None:
+    connection.close()
+    with contextlib.suppress(OSError, asyncssh.Error):
+        await connection.wait_closed()
+
+
+class Connector:
+    """Opens sessions to one server; the first one can be started ahead of need.
+
+    The command line calls :meth:`start` as soon as it knows where to connect:
+    the server's part of a login (key exchange, authentication, starting SFTP:
+    ~80 ms on loopback, several round trips on a far link) then overlaps the
+    rest of dataferry's start-up instead of following it. The first
+    :meth:`session` takes that connection, with its outcome: a failure there is
+    the first try's failure, retried or not like any other.
+    """
+
+    def __init__(self, settings: ConnectionSettings):
+        self.settings = settings
+        self._early: asyncio.Task[_Connected] | None = None
+
+    def start(self) -> None:
+        """Begin connecting now, in the running event loop."""
+        if self._early is None:
+            self._early = asyncio.ensure_future(_connect(self.settings))
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[RemoteSession]:
+        early, self._early = self._early, None
+        if early is not None:
+            connection, sftp = await early
+            if connection.is_closed():  # dropped while it waited (e.g. for the task's lock)
+                connection, sftp = await _connect(self.settings)
+        else:
+            connection, sftp = await _connect(self.settings)
         try:
-            yield session
+            session = RemoteSession(connection, sftp, self.settings)
+            try:
+                yield session
+            finally:
+                await session.drain()
         finally:
-            await session.drain()
-    finally:
-        connection.close()
-        with contextlib.suppress(OSError, asyncssh.Error):
-            await connection.wait_closed()
+            await _close(connection)
+
+    async def aclose(self) -> None:
+        """Close a connection started but never used (the run stopped before it)."""
+        early, self._early = self._early, None
+        if early is None:
+            return
+        early.cancel()  # no-op when it has finished
+        await asyncio.wait([early])  # unlike awaiting it, leaves its error to us
+        if early.cancelled() or early.exception() is not None:
+            return  # nothing is open
+        connection, _ = early.result()
+        await _close(connection)
+
+
+@contextlib.asynccontextmanager
+async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSession]:
+    """Connect, authenticate, verify the host key and start SFTP, for one session."""
+    async with Connector(settings).session() as session:
+        yield session
 
 
 def _reason(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ._connection import ConnectionSettings
 from ._downloads import (
     destination_error,
     download_file,
@@ -33,8 +34,8 @@ from ._exceptions import DestinationError, OverwriteConflictError, TransferError
 from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
 from ._overlap import start_extraction
-from ._settings import ConnectionSettings, TaskSettings
-from ._ssh import RemoteFile, RemoteSession, TransientError, open_session
+from ._settings import TaskSettings
+from ._ssh import Connector, RemoteFile, RemoteSession, TransientError
 from ._state import DestinationState, task_lock
 
 log = logging.getLogger("dataferry.tasks")
@@ -117,11 +118,9 @@ def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
 class _TaskRun:
     """The state of one task across its tries: what is planned and what is done."""
 
-    def __init__(
-        self, settings: TaskSettings, connection: ConnectionSettings, observer: TaskObserver
-    ):
+    def __init__(self, settings: TaskSettings, connector: Connector, observer: TaskObserver):
         self.settings = settings
-        self.connection = connection
+        self.connector = connector
         self.observer = observer
         self.report = TaskReport(settings.name)
         self.planned = False  # the first try's plan checks conflicts and skips
@@ -139,7 +138,7 @@ class _TaskRun:
         name = self.settings.name
         self.report.tries += 1
         self.observer.state_changed(name, "connecting")
-        async with open_session(self.connection) as session:
+        async with self.connector.session() as session:
             self.observer.state_changed(name, "listing")
             plan = await plan_task(session, self.settings)
             if not self.planned:
@@ -316,11 +315,18 @@ class _TaskRun:
 
 
 async def run_task(
-    settings: TaskSettings, connection: ConnectionSettings, observer: TaskObserver | None = None
+    settings: TaskSettings,
+    connection: ConnectionSettings | Connector,
+    observer: TaskObserver | None = None,
 ) -> TaskReport:
-    """Fetch and extract one task. Transient failures are retried with backoff."""
+    """Fetch and extract one task. Transient failures are retried with backoff.
+
+    ``connection`` may be a :class:`Connector` whose first connection is
+    already under way (the command line starts it early).
+    """
     observer = observer or TaskObserver()
-    run = _TaskRun(settings, connection, observer)
+    connector = connection if isinstance(connection, Connector) else Connector(connection)
+    run = _TaskRun(settings, connector, observer)
     started = time.monotonic()
     observer.task_started(settings.name)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._defaults import DEFAULT_CONFIG_FILE, LOG_LEVELS
 from .._exceptions import EXIT_CODES
-from .._settings import DEFAULT_CONFIG_FILE, LOG_LEVELS
 
 # (flag, config key, metavar, help)
 OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
