@@ -124,6 +124,7 @@ def sync_directory(directory: Path) -> None:
 
 async def download_file(
     session: RemoteSession,
+    handle: asyncssh.SFTPClientFile,
     remote: RemoteFile,
     final: Path,
     observer: TaskObserver,
@@ -132,7 +133,7 @@ async def download_file(
     expected_sha256: str | None = None,
     on_written: Callable[[int], None] | None = None,
 ) -> DownloadResult:
-    """Fetch remote into final, resuming a matching partial file.
+    """Fetch remote (open as handle; the caller closes it) into final, resuming a partial file.
 
     With expected_sha256, the digest is computed from the bytes as they are
     written (plus the partial prefix on resume) and must match before the
@@ -158,22 +159,17 @@ async def download_file(
         digest = _hash_prefix(part, offset) if expected_sha256 else None
         block_size = _block_size(session)
         with translate_sftp_errors(remote.path):
-            handle = await session.sftp.open(remote.path, "rb", block_size=0)
-            try:
-                await _pipelined_copy(
-                    handle,
-                    fd,
-                    remote,
-                    offset,
-                    block_size,
-                    requests_in_flight,
-                    observer,
-                    digest,
-                    on_written,
-                )
-            finally:
-                # Nothing depends on the reply: do not spend a round trip waiting for it.
-                session.close_later(handle)
+            await _pipelined_copy(
+                handle,
+                fd,
+                remote,
+                offset,
+                block_size,
+                requests_in_flight,
+                observer,
+                digest,
+                on_written,
+            )
         os.utime(fd, (remote.mtime, remote.mtime))
         # In a thread: other files keep transferring while this one reaches the disk.
         await asyncio.to_thread(os.fsync, fd)

@@ -205,13 +205,12 @@ class RemoteSession:
         self.round_trip = min(self.round_trip, time.monotonic() - started)
         return attrs
 
-    async def remote_file(self, remote_path: str) -> RemoteFile:
+    async def file_or_folder(self, remote_path: str) -> RemoteFile | None:
+        """The file at remote_path, or None when it is a folder (one round trip)."""
         attrs = await self.stat(remote_path)
+        if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
+            return None
         return RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
-
-    async def is_dir(self, remote_path: str) -> bool:
-        attrs = await self.stat(remote_path)
-        return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
 
     async def list_files(self, remote_dir: str, include: tuple[str, ...]) -> list[RemoteFile]:
         """Regular files directly in remote_dir whose names match a pattern.
@@ -243,20 +242,10 @@ class RemoteSession:
             )
         return sorted(files, key=lambda remote: remote.path)
 
-    async def read_range(self, remote_path: str, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of a remote file (fewer at its end)."""
-        chunks: list[bytes] = []
+    async def open_file(self, remote_path: str) -> asyncssh.SFTPClientFile:
+        """Open a remote file for reading; close it with :meth:`close_later`."""
         with translate_sftp_errors(remote_path):
-            async with self.sftp.open(remote_path, "rb") as handle:
-                while length > 0:
-                    data = await handle.read(length, offset)
-                    if not data:
-                        break
-                    assert isinstance(data, bytes)
-                    chunks.append(data)
-                    offset += len(data)
-                    length -= len(data)
-        return b"".join(chunks)
+            return await self.sftp.open(remote_path, "rb", block_size=0)
 
     async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
         """Remote digests computed by ``sha256sum`` on the server (one command for all)."""
@@ -288,6 +277,23 @@ class RemoteSession:
         return {
             path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines, strict=True)
         }
+
+
+async def read_range(
+    handle: asyncssh.SFTPClientFile, remote_path: str, offset: int, length: int
+) -> bytes:
+    """Bytes [offset, offset+length) of an open remote file (fewer at its end)."""
+    chunks: list[bytes] = []
+    with translate_sftp_errors(remote_path):
+        while length > 0:
+            data = await handle.read(length, offset)
+            if not data:
+                break
+            assert isinstance(data, bytes)  # opened in binary mode
+            chunks.append(data)
+            offset += len(data)
+            length -= len(data)
+    return b"".join(chunks)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -77,7 +78,8 @@ class TaskReport:
 async def plan_task(session: RemoteSession, settings: TaskSettings) -> list[PlannedFile]:
     """Map remote files to local paths; a remote folder maps into the save folder."""
     remote_path = settings.remote_file_path
-    if await session.is_dir(remote_path):
+    remote = await session.file_or_folder(remote_path)
+    if remote is None:
         save_dir = settings.file_save_path
         if save_dir.exists() and not save_dir.is_dir():
             raise DestinationError(
@@ -92,8 +94,7 @@ async def plan_task(session: RemoteSession, settings: TaskSettings) -> list[Plan
                 remote_path,
                 ", ".join(settings.include),
             )
-        return [PlannedFile(remote, save_dir / remote.name) for remote in files]
-    remote = await session.remote_file(remote_path)
+        return [PlannedFile(found, save_dir / found.name) for found in files]
     local = settings.file_save_path
     if local.is_dir() or str(local).endswith(("/", "\\")):
         local = local / remote.name
@@ -226,10 +227,26 @@ class _TaskRun:
         requests_in_flight: int,
         digests: dict[str, str],
     ) -> None:
+        # One open serves the archive probe and the download (round trips add
+        # up on a far link); nothing waits for the close.
+        handle = await session.open_file(item.remote.path)
+        try:
+            await self._fetch_open(session, handle, item, requests_in_flight, digests)
+        finally:
+            session.close_later(handle)
+
+    async def _fetch_open(
+        self,
+        session: RemoteSession,
+        handle: asyncssh.SFTPClientFile,
+        item: PlannedFile,
+        requests_in_flight: int,
+        digests: dict[str, str],
+    ) -> None:
         overlap = None
         if item.remote.size >= OVERLAP_MIN_BYTES and not part_path(item.local).exists():
             overlap = await start_extraction(
-                session,
+                handle,
                 item.remote,
                 item.local,
                 overwrite=self.settings.overwrite,
@@ -240,6 +257,7 @@ class _TaskRun:
         download = asyncio.ensure_future(
             download_file(
                 session,
+                handle,
                 item.remote,
                 item.local,
                 self.observer,
