@@ -249,3 +249,56 @@ def test_demo_runs_the_shipped_config(tmp_path: Path) -> None:
     assert "total" in result.stdout
     # Runs again over its own output (the shipped config overwrites).
     assert run_cli(["-m", "dataferry", "demo", "--size", "600K"], {}, tmp_path).returncode == 0
+
+
+def test_config_errors_win_over_the_early_connection(remote: Remote, tmp_path: Path) -> None:
+    """The login starts while the config is validated; a config error is still
+    the one reported, and what the login did meanwhile is not hidden."""
+    write_config(
+        tmp_path,
+        {"bad": {"file_save_path": "./x", "remote_file_path": "/x", "max_tries": "abc"}},
+    )
+    bad = ["-m", "dataferry", "run", "bad"]
+    env = remote.env()
+    assert_one_line_error(
+        run_cli(bad, {**env, "REMOTE_PORT": "http"}, tmp_path), 2, "bad.max_tries"
+    )
+    flags = ["-m", "dataferry", "run", "t", "--file_save_path", "x", "--remote_file_path", "/x"]
+    no_config = tmp_path / "elsewhere"
+    no_config.mkdir()
+    assert_one_line_error(
+        run_cli(flags, {**env, "REMOTE_PORT": "http"}, no_config), 2, "REMOTE_PORT"
+    )
+    known = tmp_path / "fresh_known_hosts"
+    trusting = {**env, "SSH_KNOWN_HOSTS": str(known), "SSH_HOST_KEY_POLICY": "accept-new"}
+    result = run_cli(bad, trusting, tmp_path)
+    assert_one_line_error(result, 2, "bad.max_tries")
+    if known.exists():  # the login got as far as the host key before it was closed
+        assert "trusting new host" in result.stderr
+
+
+def test_early_connection_logs_follow_the_log_level(remote: Remote, tmp_path: Path) -> None:
+    (remote.root / "a.csv").write_text("a\n")
+    flags = [
+        "--file_save_path",
+        "./a.csv",
+        "--remote_file_path",
+        remote.path(remote.root / "a.csv"),
+    ]
+    run = ["-m", "dataferry", "run", "t", *flags, "--overwrite", "true", "--log-level"]
+    debug = run_cli([*run, "DEBUG"], remote.env(), tmp_path)
+    assert debug.returncode == 0, debug.stderr
+    connecting = debug.stderr.find("dataferry.ssh: connecting to")
+    assert 0 <= connecting < debug.stderr.find("dataferry.ssh: connected to")
+    quiet = run_cli([*run, "WARNING"], remote.env(), tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+
+
+def test_run_all_needs_tasks(remote: Remote, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"common": {"overwrite": true}}')
+    assert_one_line_error(
+        run_cli(["-m", "dataferry", "run", "--all"], remote.env(), tmp_path),
+        2,
+        "no task sections",
+    )

@@ -1,4 +1,4 @@
-"""config.json + flags + environment: precedence, parsing, and one-line errors."""
+"""config.json + flags: precedence, parsing, and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataferry import ConfigError, ConfigFile, HostKeyPolicy, resolve_connection, resolve_task
+from dataferry import ConfigError, ConfigFile, resolve_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,53 +154,6 @@ def test_container_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     outside = {"file_save_path": str(tmp_path / "elsewhere/a.zip"), "remote_file_path": "/a"}
     with pytest.raises(ConfigError, match="outside the container's data folder"):
         resolve_task("t", None, outside)
-
-
-# ------------------------------------------------------------------ environment
-
-ENV = {"REMOTE_HOST_ADDRESS": "example.org", "USERNAME": "me", "PASSWORD": "s3cret-Pa55"}
-
-
-def test_connection_defaults() -> None:
-    settings = resolve_connection(ENV)
-    assert (settings.host, settings.port, settings.username) == ("example.org", 22, "me")
-    assert settings.host_key_policy is HostKeyPolicy.STRICT
-    assert settings.known_hosts == Path("~/.ssh/known_hosts").expanduser()
-    assert "s3cret" not in repr(settings)
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (
-            {"REMOTE_PORT": "http"},
-            'REMOTE_PORT: expected a port number from 1 to 65535, got "http"',
-        ),
-        ({"REMOTE_PORT": "70000"}, "REMOTE_PORT: expected a port number"),
-        ({"SSH_HOST_KEY_POLICY": "yolo"}, "SSH_HOST_KEY_POLICY: expected strict or accept-new"),
-        ({"SSH_KEY_FILE": "/no/such/key"}, "SSH_KEY_FILE: no such file: /no/such/key"),
-        ({"REMOTE_HOST_ADDRESS": ""}, "REMOTE_HOST_ADDRESS is not set"),
-    ],
-)
-def test_connection_errors_never_show_the_password(extra: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        resolve_connection({**ENV, **extra})
-    assert message in str(caught.value)
-    assert "s3cret" not in str(caught.value)
-
-
-def test_dotenv_file_and_environment_precedence(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / ".env").write_text(
-        "REMOTE_HOST_ADDRESS=from-file\nUSERNAME=file-user\nPASSWORD=pw\nREMOTE_PORT=2222\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    for key in ("REMOTE_HOST_ADDRESS", "USERNAME", "PASSWORD", "REMOTE_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("USERNAME", "env-user")
-    settings = resolve_connection()
-    assert (settings.host, settings.username, settings.port) == ("from-file", "env-user", 2222)
 
 
 # Any config document either validates or fails with a one-line ConfigError.

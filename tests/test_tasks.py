@@ -24,9 +24,11 @@ from dataferry import (
     run_task,
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
+from dataferry._server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from dataferry._ssh import _host_label
 from dataferry._state import is_bookkeeping
-from remote import Remote, sshd_connection
+from dataferry._tasks import OVERLAP_MIN_BYTES
+from remote import Remote, random_bytes, sshd_connection
 from sshd import OpenSSHServer
 
 
@@ -292,3 +294,59 @@ def test_extraction_caps_come_from_the_config(remote: Remote, tmp_path: Path) ->
     assert not (save.parent / "data.csv").exists()
     run(task(remote, remote.root / "big.zip", save, overwrite=True), remote.connection)
     assert (save.parent / "data.csv").read_bytes() == data
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def test_one_stat_and_one_open_per_file(
+    embedded_server: EmbeddedSFTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each round trip costs ~30 ms on a far link: a big file (probed for an
+    archive, then downloaded) and a big zip (head, end and directory, then
+    the download) each take one stat and one open."""
+    opened: list[bytes] = []
+    statted: list[bytes] = []
+    original_open, original_stat = _ReadOnlySFTPServer.open, _ReadOnlySFTPServer.stat
+
+    def counting_open(self: _ReadOnlySFTPServer, path: bytes, *args: object) -> object:
+        opened.append(path)
+        return original_open(self, path, *args)  # type: ignore[arg-type]
+
+    def counting_stat(self: _ReadOnlySFTPServer, path: bytes) -> object:
+        statted.append(path)
+        return original_stat(self, path)
+
+    monkeypatch.setattr(_ReadOnlySFTPServer, "open", counting_open)
+    monkeypatch.setattr(_ReadOnlySFTPServer, "stat", counting_stat)
+    root = embedded_server.root / tmp_path.name
+    root.mkdir()
+    connection = embedded_server.connection_settings(tmp_path / "known_hosts")
+    remote = Remote("embedded", root, connection, embedded_server.root)
+    size = OVERLAP_MIN_BYTES + 12345
+    (root / "big.bin").write_bytes(random_bytes(size, seed=1))
+    with zipfile.ZipFile(root / "big.zip", "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("inside.bin", random_bytes(size, seed=2))
+    for name in ("big.bin", "big.zip"):
+        opened.clear()
+        statted.clear()
+        run(task(remote, root / name, tmp_path / "out" / name), connection)
+        assert (len(statted), len(opened)) == (1, 1), (name, statted, opened)
+    assert (tmp_path / "out" / "big.bin").read_bytes() == (root / "big.bin").read_bytes()
+    assert (tmp_path / "out" / "inside.bin").read_bytes() == random_bytes(size, seed=2)
+
+
+def test_host_name_tries_each_address(sshd_server: OpenSSHServer, tmp_path: Path) -> None:
+    """``localhost`` may resolve to ::1 first; sshd listens on 127.0.0.1 only."""
+    source = tmp_path / "hello.csv"
+    source.write_text("a,b\n1,2\n")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[localhost]:{sshd_server.port} {sshd_server.host_public_key}\n")
+    connection = replace(
+        sshd_connection(sshd_server, tmp_path / "unused"), host="localhost", known_hosts=known
+    )
+    settings = TaskSettings(
+        name="t", file_save_path=tmp_path / "out.csv", remote_file_path=str(source)
+    )
+    run(settings, connection)
+    assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"

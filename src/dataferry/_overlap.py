@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, cast
 
-import asyncssh
-
 from ._downloads import part_path
 from ._exceptions import OverwriteConflictError
 from ._extract import (
@@ -33,7 +31,7 @@ from ._extract import (
     extract_tar_stream,
     extract_zip_stream,
 )
-from ._ssh import RemoteFile, read_range
+from ._ssh import RemoteFile, RemoteHandle, read_range
 
 log = logging.getLogger("dataferry.overlap")
 
@@ -187,7 +185,7 @@ class OverlappedExtraction:
 
 
 async def start_extraction(
-    handle: asyncssh.SFTPClientFile,
+    handle: RemoteHandle,
     remote: RemoteFile,
     local: Path,
     *,

@@ -171,6 +171,10 @@ def _load_known_hosts(path: Path) -> asyncssh.SSHKnownHosts | None:
         raise HostKeyError(f"{path}: cannot read known_hosts file: {exc}") from None
 
 
+# An open remote file, as the layers above see it (they do not import asyncssh).
+RemoteHandle = asyncssh.SFTPClientFile
+
+
 class RemoteSession:
     """One SSH connection with one SFTP channel."""
 
@@ -242,7 +246,7 @@ class RemoteSession:
             )
         return sorted(files, key=lambda remote: remote.path)
 
-    async def open_file(self, remote_path: str) -> asyncssh.SFTPClientFile:
+    async def open_file(self, remote_path: str) -> RemoteHandle:
         """Open a remote file for reading; close it with :meth:`close_later`."""
         with translate_sftp_errors(remote_path):
             return await self.sftp.open(remote_path, "rb", block_size=0)
@@ -279,9 +283,7 @@ class RemoteSession:
         }
 
 
-async def read_range(
-    handle: asyncssh.SFTPClientFile, remote_path: str, offset: int, length: int
-) -> bytes:
+async def read_range(handle: RemoteHandle, remote_path: str, offset: int, length: int) -> bytes:
     """Bytes [offset, offset+length) of an open remote file (fewer at its end)."""
     chunks: list[bytes] = []
     with translate_sftp_errors(remote_path):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -36,7 +35,7 @@ from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
 from ._overlap import start_extraction
 from ._settings import TaskSettings
-from ._ssh import Connector, RemoteFile, RemoteSession, TransientError
+from ._ssh import Connector, RemoteFile, RemoteHandle, RemoteSession, TransientError
 from ._state import DestinationState, task_lock
 
 log = logging.getLogger("dataferry.tasks")
@@ -238,7 +237,7 @@ class _TaskRun:
     async def _fetch_open(
         self,
         session: RemoteSession,
-        handle: asyncssh.SFTPClientFile,
+        handle: RemoteHandle,
         item: PlannedFile,
         requests_in_flight: int,
         digests: dict[str, str],
