@@ -6,12 +6,14 @@ import json
 import shutil
 import subprocess
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dataferry._state import is_bookkeeping
-from remote import REPO, Remote, run_cli
+from faults import FaultProxy
+from remote import REPO, Remote, run_cli, through
 
 SCRIPTS = REPO / "src"
 
@@ -302,3 +304,34 @@ def test_run_all_needs_tasks(remote: Remote, tmp_path: Path) -> None:
         2,
         "no task sections",
     )
+
+
+def test_run_all_logs_in_once(remote: Remote, tmp_path: Path) -> None:
+    """Tasks of one run share the login while it works; a failed task closes it."""
+    names = ("one", "two", "three")
+    for name in names:
+        (remote.root / f"{name}.csv").write_text(name)
+    tasks = {
+        name: {
+            "file_save_path": f"./all/{name}.csv",
+            "remote_file_path": remote.path(remote.root / f"{name}.csv"),
+        }
+        for name in names
+    }
+    write_config(tmp_path, tasks)
+    with FaultProxy(remote.connection.port) as proxy:
+        proxied = replace(remote, connection=through(remote.connection, proxy.port, tmp_path))
+        result = run_cli(["-m", "dataferry", "run", "--all"], proxied.env(), tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert proxy.connections == 1
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.csv")) == sorted(
+        f"{name}.csv" for name in names
+    )
+    tasks["two"]["remote_file_path"] = remote.path(remote.root / "missing.csv")
+    write_config(tmp_path, tasks, common={"retry_delay": 0, "force": True, "overwrite": True})
+    with FaultProxy(remote.connection.port) as proxy:
+        proxied = replace(remote, connection=through(remote.connection, proxy.port, tmp_path))
+        result = run_cli(["-m", "dataferry", "run", "--all"], proxied.env(), tmp_path)
+        assert result.returncode == 4, result.stderr
+        assert "missing.csv" in result.stderr
+        assert proxy.connections == 2  # one, then three after two's failure

@@ -22,6 +22,7 @@ from ._progress import LogProgress, human_bytes
 from ._sample import generate_sample_dataset
 from ._server import EmbeddedSFTPServer
 from ._settings import ConfigFile, resolve_task
+from ._ssh import Connector
 from ._tasks import TaskReport, run_task
 
 
@@ -33,8 +34,11 @@ async def _serve_and_run(
     generate_sample_dataset(server_root, size_bytes=size_bytes)
     known_hosts = workdir / "known_hosts"
     async with EmbeddedSFTPServer(server_root) as server:
-        connection = server.connection_settings(known_hosts)
-        return [await run_task(settings, connection, observer) for settings in tasks]
+        connector = Connector(server.connection_settings(known_hosts))
+        try:  # one login for all the tasks, as with `dataferry run --all`
+            return [await run_task(settings, connector, observer) for settings in tasks]
+        finally:
+            await connector.aclose()
 
 
 def run_demo(config_path: Path, *, size_bytes: int) -> int:

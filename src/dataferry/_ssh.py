@@ -413,61 +413,65 @@ async def _close(connection: asyncssh.SSHClientConnection) -> None:
 
 
 class Connector:
-    """Opens sessions to one server; the first one can be started ahead of need.
+    """Opens sessions to one server, connecting ahead of need and reusing what works.
 
     The command line calls :meth:`start` as soon as it knows where to connect:
     the server's part of a login (key exchange, authentication, starting SFTP:
     ~80 ms on loopback, several round trips on a far link) then overlaps the
     rest of dataferry's start-up instead of following it. The first
     :meth:`session` takes that connection, with its outcome: a failure there is
-    the first try's failure, retried or not like any other.
+    the first try's failure, retried or not like any other. A session that
+    ends well leaves its connection for the next one (the next task of
+    ``--all``); one that fails closes it, and the next try logs in afresh.
+    Call :meth:`aclose` when done.
     """
 
     def __init__(self, settings: ConnectionSettings):
         self.settings = settings
-        self._early: asyncio.Task[_Connected] | None = None
+        # A connection under way (started early) or kept from the last session.
+        self._next: asyncio.Future[_Connected] | None = None
 
     def start(self) -> None:
         """Begin connecting now, in the running event loop."""
-        if self._early is None:
-            self._early = asyncio.ensure_future(_connect(self.settings))
+        if self._next is None:
+            self._next = asyncio.ensure_future(_connect(self.settings))
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[RemoteSession]:
-        early, self._early = self._early, None
-        if early is not None:
-            connection, sftp = await early
+        ready, self._next = self._next, None
+        if ready is not None:
+            connection, sftp = await ready
             if connection.is_closed():  # dropped while it waited (e.g. for the task's lock)
                 connection, sftp = await _connect(self.settings)
         else:
             connection, sftp = await _connect(self.settings)
+        ended_well = False
         try:
             session = RemoteSession(connection, sftp, self.settings)
             try:
                 yield session
             finally:
                 await session.drain()
+            ended_well = True
         finally:
-            await _close(connection)
+            if ended_well and not connection.is_closed() and self._next is None:
+                kept: asyncio.Future[_Connected] = asyncio.get_running_loop().create_future()
+                kept.set_result((connection, sftp))
+                self._next = kept
+            else:
+                await _close(connection)
 
     async def aclose(self) -> None:
-        """Close a connection started but never used (the run stopped before it)."""
-        early, self._early = self._early, None
-        if early is None:
+        """Close the connection kept or started but not used."""
+        ready, self._next = self._next, None
+        if ready is None:
             return
-        early.cancel()  # no-op when it has finished
-        await asyncio.wait([early])  # unlike awaiting it, leaves its error to us
-        if early.cancelled() or early.exception() is not None:
+        ready.cancel()  # no-op when it has finished
+        await asyncio.wait([ready])  # unlike awaiting it, leaves its error to us
+        if ready.cancelled() or ready.exception() is not None:
             return  # nothing is open
-        connection, _ = early.result()
+        connection, _ = ready.result()
         await _close(connection)
-
-
-@contextlib.asynccontextmanager
-async def open_session(settings: ConnectionSettings) -> AsyncIterator[RemoteSession]:
-    """Connect, authenticate, verify the host key and start SFTP, for one session."""
-    async with Connector(settings).session() as session:
-        yield session
 
 
 def _reason(exc: BaseException) -> str:

@@ -339,11 +339,16 @@ async def run_task(
     """Fetch and extract one task. Transient failures are retried with backoff.
 
     ``connection`` may be a :class:`Connector` whose first connection is
-    already under way (the command line starts it early).
+    already under way (the command line starts it early); the caller closes it.
     """
+    if not isinstance(connection, Connector):
+        connector = Connector(connection)
+        try:
+            return await run_task(settings, connector, observer)
+        finally:
+            await connector.aclose()
     observer = observer or TaskObserver()
-    connector = connection if isinstance(connection, Connector) else Connector(connection)
-    run = _TaskRun(settings, connector, observer)
+    run = _TaskRun(settings, connection, observer)
     started = time.monotonic()
     observer.task_started(settings.name)
 
