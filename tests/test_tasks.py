@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import resource
 import tarfile
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,16 @@ from dataferry import (
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._server import EmbeddedSFTPServer, _ReadOnlySFTPServer
-from dataferry._ssh import _host_label
+from dataferry._ssh import RemoteFile, _host_label
 from dataferry._state import is_bookkeeping
-from dataferry._tasks import OVERLAP_MIN_BYTES
+from dataferry._tasks import (
+    FAR_SMALL_FILES_IN_FLIGHT,
+    FILES_IN_FLIGHT,
+    OVERLAP_MIN_BYTES,
+    SMALL_FILES_IN_FLIGHT,
+    PlannedFile,
+    files_in_flight,
+)
 from remote import Remote, random_bytes, sshd_connection
 from sshd import OpenSSHServer
 
@@ -334,6 +342,42 @@ def test_one_stat_and_one_open_per_file(
         assert (len(statted), len(opened)) == (1, 1), (name, statted, opened)
     assert (tmp_path / "out" / "big.bin").read_bytes() == (root / "big.bin").read_bytes()
     assert (tmp_path / "out" / "inside.bin").read_bytes() == random_bytes(size, seed=2)
+    folder = root / "folder"
+    folder.mkdir()
+    for number in range(5):
+        (folder / f"part-{number}.csv").write_text(f"{number}\n")
+    opened.clear()
+    statted.clear()
+    run(task(remote, folder, tmp_path / "folder"), connection)
+    assert (len(statted), len(opened)) == (1, 5), (statted, opened)
+    assert sorted(p.name for p in (tmp_path / "folder").glob("*.csv")) == [
+        f"part-{number}.csv" for number in range(5)
+    ]
+
+
+@dataclass
+class _Link:
+    """What files_in_flight reads from a session: the measured round trip, the server's limit."""
+
+    round_trip: float
+    max_open_handles: int = 0
+
+
+def test_files_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    def planned(size: int, count: int = 300) -> list[PlannedFile]:
+        remote = RemoteFile("/r/x", size, 0)
+        return [PlannedFile(remote, Path("x"))] * count
+
+    def in_flight(link: _Link, size: int) -> int:
+        return files_in_flight(link, planned(size))  # type: ignore[arg-type]
+
+    near, far = _Link(0.0002), _Link(0.03)
+    assert in_flight(near, 2 << 20) == in_flight(far, 2 << 20) == FILES_IN_FLIGHT
+    assert in_flight(near, 64 << 10) == SMALL_FILES_IN_FLIGHT
+    assert in_flight(far, 64 << 10) == FAR_SMALL_FILES_IN_FLIGHT
+    assert in_flight(_Link(0.03, max_open_handles=100), 64 << 10) == 100
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 4096))
+    assert in_flight(far, 64 << 10) == SMALL_FILES_IN_FLIGHT  # a quarter of 256 descriptors
 
 
 def test_host_name_tries_each_address(sshd_server: OpenSSHServer, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import asyncssh
 
@@ -191,7 +192,12 @@ class RemoteSession:
         # The fastest stat seen: a fair estimate of the link's round trip.
         self.round_trip = float("inf")
 
-    def close_later(self, handle: asyncssh.SFTPClientFile) -> None:
+    @property
+    def max_open_handles(self) -> int:
+        """The server's limit on open files (limits@openssh.com), 0 when it states none."""
+        return int(self.sftp.limits.max_open_handles or 0)
+
+    def close_later(self, handle: RemoteHandle) -> None:
         """Close a remote file without waiting for the server's reply."""
         task = asyncio.ensure_future(handle.close())
         self._background.add(task)
@@ -209,21 +215,38 @@ class RemoteSession:
         self.round_trip = min(self.round_trip, time.monotonic() - started)
         return attrs
 
-    async def file_or_folder(self, remote_path: str) -> RemoteFile | None:
-        """The file at remote_path, or None when it is a folder (one round trip)."""
-        attrs = await self.stat(remote_path)
+    async def find(
+        self, remote_path: str, include: tuple[str, ...]
+    ) -> RemoteFile | list[RemoteFile]:
+        """The file at remote_path, or, when it is a folder, its files matching include.
+
+        The stat and the folder read go out together, so a folder costs one
+        round trip less (~30 ms on a far link); for a file the server refuses
+        the folder read at once, in the same round trip.
+        """
+        reading = asyncio.ensure_future(self._read_folder(remote_path))
+        try:
+            attrs = await self.stat(remote_path)
+        except BaseException:
+            await _settle(reading)
+            raise
         if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
-            return None
+            return await self._matching_files(remote_path, await reading, include)
+        await _settle(reading)
         return RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
 
-    async def list_files(self, remote_dir: str, include: tuple[str, ...]) -> list[RemoteFile]:
+    async def _read_folder(self, remote_dir: str) -> Sequence[asyncssh.SFTPName]:
+        with translate_sftp_errors(remote_dir):
+            return await self.sftp.readdir(remote_dir)
+
+    async def _matching_files(
+        self, remote_dir: str, entries: Sequence[asyncssh.SFTPName], include: tuple[str, ...]
+    ) -> list[RemoteFile]:
         """Regular files directly in remote_dir whose names match a pattern.
 
         SFTP's READDIR returns names as they are (spaces and all), unlike
         parsing ``ls`` output as the seed did.
         """
-        with translate_sftp_errors(remote_dir):
-            entries = await self.sftp.readdir(remote_dir)
         files = []
         for entry in entries:
             name = str(entry.filename)
@@ -281,6 +304,12 @@ class RemoteSession:
         return {
             path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines, strict=True)
         }
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Let a request that is no longer needed finish; its outcome does not matter."""
+    with contextlib.suppress(Exception):
+        await future
 
 
 async def read_range(handle: RemoteHandle, remote_path: str, offset: int, length: int) -> bytes:

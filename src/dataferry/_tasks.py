@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,11 @@ log = logging.getLogger("dataferry.tasks")
 FILES_IN_FLIGHT = 16
 SMALL_FILES_IN_FLIGHT = 64
 SMALL_FILE_BYTES = 1024 * 1024
+# Each small file costs two round trips (open, read): on a far link, more at
+# once means fewer waves. 200 x 64 KiB at 30 ms RTT: 1.01 s with 64 in flight,
+# 0.93 s with 128, 0.92 s with 200; on loopback 128 gained nothing.
+FAR_SMALL_FILES_IN_FLIGHT = 128
+FAR_ROUND_TRIP = 0.005  # seconds
 # Archives at least this big are extracted while they download.
 OVERLAP_MIN_BYTES = 4 * 1024 * 1024
 MAX_RETRY_WAIT = 60.0
@@ -77,27 +83,23 @@ class TaskReport:
 async def plan_task(session: RemoteSession, settings: TaskSettings) -> list[PlannedFile]:
     """Map remote files to local paths; a remote folder maps into the save folder."""
     remote_path = settings.remote_file_path
-    remote = await session.file_or_folder(remote_path)
-    if remote is None:
-        save_dir = settings.file_save_path
-        if save_dir.exists() and not save_dir.is_dir():
-            raise DestinationError(
-                f"{settings.name}: remote {remote_path} is a folder but file_save_path "
-                f"{save_dir} is a file"
-            )
-        files = await session.list_files(remote_path, settings.include)
-        if not files:
-            log.warning(
-                "%s: no files in %s match %s",
-                settings.name,
-                remote_path,
-                ", ".join(settings.include),
-            )
-        return [PlannedFile(found, save_dir / found.name) for found in files]
-    local = settings.file_save_path
-    if local.is_dir() or str(local).endswith(("/", "\\")):
-        local = local / remote.name
-    return [PlannedFile(remote, local)]
+    found = await session.find(remote_path, settings.include)
+    if isinstance(found, RemoteFile):
+        local = settings.file_save_path
+        if local.is_dir() or str(local).endswith(("/", "\\")):
+            local = local / found.name
+        return [PlannedFile(found, local)]
+    save_dir = settings.file_save_path
+    if save_dir.exists() and not save_dir.is_dir():
+        raise DestinationError(
+            f"{settings.name}: remote {remote_path} is a folder but file_save_path "
+            f"{save_dir} is a file"
+        )
+    if not found:
+        log.warning(
+            "%s: no files in %s match %s", settings.name, remote_path, ", ".join(settings.include)
+        )
+    return [PlannedFile(remote, save_dir / remote.name) for remote in found]
 
 
 def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
@@ -113,6 +115,21 @@ def check_conflicts(settings: TaskSettings, plan: list[PlannedFile]) -> None:
             f"{settings.name}: overwrite is false and {len(existing)} file(s) already exist: "
             f"{shown} (set overwrite to true, or move them away)"
         )
+
+
+def files_in_flight(session: RemoteSession, todo: list[PlannedFile]) -> int:
+    """How many files to fetch at once: more when they are small, more still when far."""
+    average = sum(item.remote.size for item in todo) / len(todo)
+    if average >= SMALL_FILE_BYTES:
+        return FILES_IN_FLIGHT
+    if session.round_trip < FAR_ROUND_TRIP:
+        return SMALL_FILES_IN_FLIGHT
+    # Each file in flight holds a local file descriptor (and a remote handle).
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = FAR_SMALL_FILES_IN_FLIGHT
+    if descriptors != resource.RLIM_INFINITY:
+        limit = min(limit, max(SMALL_FILES_IN_FLIGHT, descriptors // 4))
+    return min(limit, session.max_open_handles or limit)
 
 
 class _TaskRun:
@@ -188,9 +205,7 @@ class _TaskRun:
     ) -> None:
         if not todo:
             return
-        average = sum(item.remote.size for item in todo) / len(todo)
-        limit = SMALL_FILES_IN_FLIGHT if average < SMALL_FILE_BYTES else FILES_IN_FLIGHT
-        parallel = min(limit, len(todo))
+        parallel = min(files_in_flight(session, todo), len(todo))
         requests_per_file = max(4, requests_budget(session) // parallel)
         queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
         for item in todo:
