@@ -100,13 +100,25 @@ fi
 
 # --- 4. podman's Docker-compatible API service -------------------------------------
 ping_socket() { curl -fsS --max-time 3 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; }
+# A service left running from a folder that has since been deleted (a removed
+# clone) still answers pings but cannot start containers ("write child:
+# broken pipe"): replace it.
+if [[ -f "$CACHE/podman-service.pid" ]]; then
+    old_pid=$(cat "$CACHE/podman-service.pid")
+    if [[ "$(readlink "/proc/$old_pid/cwd" 2>/dev/null)" == *" (deleted)" ]]; then
+        log "restarting podman system service (its working folder was deleted)"
+        kill "$old_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+fi
 if ! ping_socket; then
     log "starting podman system service on unix://$SOCK"
     rm -f "$SOCK"
     mkdir -p "$CACHE"
-    setsid nohup podman system service --time=0 "unix://$SOCK" \
+    # From /: the service outlives this run and must not hold its folder.
+    (cd / && setsid nohup podman system service --time=0 "unix://$SOCK" \
         >>"$CACHE/podman-service.log" 2>&1 </dev/null &
-    echo $! >"$CACHE/podman-service.pid"
+        echo $! >"$CACHE/podman-service.pid")
     for _ in $(seq 1 100); do ping_socket && break; sleep 0.1; done
     ping_socket || die "podman service did not answer on $SOCK (see $CACHE/podman-service.log)"
 fi
