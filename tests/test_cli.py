@@ -292,6 +292,7 @@ def test_early_connection_logs_follow_the_log_level(remote: Remote, tmp_path: Pa
     assert debug.returncode == 0, debug.stderr
     connecting = debug.stderr.find("dataferry.ssh: connecting to")
     assert 0 <= connecting < debug.stderr.find("dataferry.ssh: connected to")
+    assert "using the TCP connection opened at start-up" in debug.stderr
     quiet = run_cli([*run, "WARNING"], remote.env(), tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
@@ -335,3 +336,24 @@ def test_run_all_logs_in_once(remote: Remote, tmp_path: Path) -> None:
         assert result.returncode == 4, result.stderr
         assert "missing.csv" in result.stderr
         assert proxy.connections == 2  # one, then three after two's failure
+
+
+def test_host_name_resolved_at_start_up(remote: Remote, tmp_path: Path) -> None:
+    """The TCP connection opened at start-up looks the name up and tries each
+    address (where localhost also means ::1, the servers do not listen there)."""
+    (remote.root / "a.csv").write_text("a\n")
+    port = remote.connection.port
+    key = remote.connection.known_hosts.read_text().split()[1:3]
+    known = tmp_path / "known_hosts_localhost"
+    known.write_text(f"[localhost]:{port} {' '.join(key)}\n")
+    env = {**remote.env(), "REMOTE_HOST_ADDRESS": "localhost", "SSH_KNOWN_HOSTS": str(known)}
+    flags = [
+        "--file_save_path",
+        "./a.csv",
+        "--remote_file_path",
+        remote.path(remote.root / "a.csv"),
+    ]
+    result = run_cli(["-m", "dataferry", "run", "t", *flags, "--log-level", "DEBUG"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "using the TCP connection opened at start-up" in result.stderr
+    assert (tmp_path / "a.csv").read_text() == "a\n"

@@ -1,7 +1,9 @@
-"""requirements.txt (used by the Dockerfile) must pin what pyproject.toml pins."""
+"""Packaging: requirements.txt pins what pyproject.toml pins; what loads at start-up."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -31,3 +33,32 @@ def test_env_file_is_ignored_and_example_shipped() -> None:
         "SSH_HOST_KEY_POLICY",
     ):
         assert variable in example
+
+
+def _fresh_python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def test_command_line_loads_no_ssh_or_validation_library_up_front() -> None:
+    """The TCP connection opens while asyncssh loads, and the login starts
+    while pydantic loads: neither may come with the command line itself."""
+    loaded = _fresh_python(
+        "import sys, dataferry.cli; "
+        "print(sorted(m for m in ('asyncssh', 'pydantic', 'isal') if m in sys.modules))"
+    )
+    assert loaded == "[]"
+
+
+def test_asyncssh_is_always_loaded_without_its_library_search() -> None:
+    """Whichever dataferry module loads asyncssh first, _startup.py's patch is in
+    place: asyncssh's search for liboqs ran ldconfig and gcc on every start."""
+    for module in ("dataferry._ssh", "dataferry._downloads", "dataferry._server"):
+        searched = _fresh_python(
+            "import ctypes.util; seen = []; original = ctypes.util.find_library; "
+            "ctypes.util.find_library = lambda name: (seen.append(name), original(name))[1]; "
+            f"import {module}; print(sorted(set(seen)))"
+        )
+        assert "oqs" not in searched and "liboqs" not in searched, (module, searched)

@@ -381,7 +381,8 @@ def test_files_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_host_name_tries_each_address(sshd_server: OpenSSHServer, tmp_path: Path) -> None:
-    """``localhost`` may resolve to ::1 first; sshd listens on 127.0.0.1 only."""
+    """A name, not an address: looked up, each address tried in turn (where
+    localhost also means ::1, sshd does not listen there: 127.0.0.1 only)."""
     source = tmp_path / "hello.csv"
     source.write_text("a,b\n1,2\n")
     known = tmp_path / "known_hosts"

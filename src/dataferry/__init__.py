@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# First: imports asyncssh without its slow library search (see _startup.py).
-from . import _startup  # noqa: F401
 from ._connection import ConnectionSettings, HostKeyPolicy, resolve_connection
 from ._exceptions import (
     ArchiveError,
@@ -30,9 +28,9 @@ if TYPE_CHECKING:
     from ._settings import ConfigFile, TaskSettings, resolve_task
     from ._tasks import TaskReport, run_task
 
-# Loaded on first use: task settings bring pydantic and tasks bring extraction,
-# ~70 ms that the command line spends while its SSH connection is being set up
-# (see cli/__init__.py) rather than before it starts.
+# Loaded on first use: task settings bring pydantic, tasks bring asyncssh and
+# extraction. The command line opens its connection first (cli/__init__.py);
+# importing any module that uses asyncssh imports _startup.py before it.
 _LAZY = {
     "ConfigFile": "._settings",
     "TaskSettings": "._settings",

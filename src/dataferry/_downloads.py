@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# First: asyncssh without its slow library search (see _startup.py).
+from . import _startup  # noqa: F401  # isort: skip
+
 import asyncssh
 
 from ._exceptions import DestinationError

@@ -12,7 +12,6 @@ import fnmatch
 import logging
 import os
 import shlex
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -20,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+# First: asyncssh without its slow library search (see _startup.py).
+from . import _startup  # noqa: F401  # isort: skip
+
 import asyncssh
 
 from ._connection import ConnectionSettings, HostKeyPolicy
 from ._exceptions import AuthenticationError, ConfigError, HostKeyError, RemotePathError
+from ._tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -33,55 +36,10 @@ CHANNEL_WINDOW = 16 * 2**20
 # AES-GCM is hardware accelerated on x86-64 and beat chacha20-poly1305 by ~1.5x
 # here; the rest of asyncssh's defaults follow, so any server still works.
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
-CONNECT_TIMEOUT = 20.0
 KEEPALIVE_INTERVAL = 20.0
 # Larger SSH packets: fewer per-packet costs in Python. 512 MiB over loopback
 # took 0.84 s with asyncssh's 32 KiB, 0.71 s with 256 KiB (mean of 3).
 MAX_PACKET_SIZE = 256 * 1024
-
-
-_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-class _QuickAckSocket(socket.socket):
-    """A TCP socket that acknowledges what it receives at once, not up to 40 ms later.
-
-    OpenSSH's sshd leaves Nagle's algorithm on for non-interactive sessions. It
-    answers a channel open with a small debug message, then holds the small
-    confirmation until that message is acknowledged, and Linux delays that
-    acknowledgement by 40 ms: half of a whole login here (start_sftp_client
-    took 44-49 ms without this, 3-4 ms with it; TCP_QUICKACK does not stick,
-    so it is set again after every read, until SFTP has started).
-    """
-
-    quick_acks = True
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        if self.quick_acks and _TCP_QUICKACK is not None:
-            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        return data
-
-
-async def _open_socket(host: str, port: int) -> _QuickAckSocket:
-    """Connect a TCP socket to the first address of ``host`` that accepts."""
-    loop = asyncio.get_running_loop()
-    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    error: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in addresses:
-        sock = _QuickAckSocket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raise error
 
 
 class TransientError(Exception):
@@ -354,7 +312,9 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
 _Connected = tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]
 
 
-async def _connect(settings: ConnectionSettings) -> _Connected:
+async def _connect(
+    settings: ConnectionSettings, early: EarlyConnection | None = None
+) -> _Connected:
     """Connect, authenticate, verify the host key and start SFTP.
 
     Raises HostKeyError / AuthenticationError (not retried) or TransientError.
@@ -371,8 +331,12 @@ async def _connect(settings: ConnectionSettings) -> _Connected:
         "connecting to %s (host key policy %s)", settings.describe(), settings.host_key_policy.value
     )
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            sock = await _open_socket(settings.host, settings.port)
+        sock = await early.take() if early is not None else None
+        if sock is not None:
+            log.debug("using the TCP connection opened at start-up")
+        else:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                sock = await open_socket(settings.host, settings.port)
         connection = await asyncssh.connect(
             settings.host,
             settings.port,
@@ -455,15 +419,17 @@ class Connector:
     Call :meth:`aclose` when done.
     """
 
-    def __init__(self, settings: ConnectionSettings):
+    def __init__(self, settings: ConnectionSettings, early: EarlyConnection | None = None):
         self.settings = settings
+        self._early = early  # a TCP connection opened before asyncssh loaded
         # A connection under way (started early) or kept from the last session.
         self._next: asyncio.Future[_Connected] | None = None
 
     def start(self) -> None:
         """Begin connecting now, in the running event loop."""
         if self._next is None:
-            self._next = asyncio.ensure_future(_connect(self.settings))
+            early, self._early = self._early, None
+            self._next = asyncio.ensure_future(_connect(self.settings, early))
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[RemoteSession]:
@@ -492,6 +458,9 @@ class Connector:
 
     async def aclose(self) -> None:
         """Close the connection kept or started but not used."""
+        if self._early is not None:
+            self._early.close()
+            self._early = None
         ready, self._next = self._next, None
         if ready is None:
             return

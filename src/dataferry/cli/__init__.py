@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from .._connection import resolve_connection
+from .._connection import ConnectionSettings, resolve_connection
 from .._defaults import DEFAULT_CONFIG_FILE, LOG_LEVELS
 from .._exceptions import ConfigError, DataferryError
 from .._observer import ObserverGroup, TaskObserver
 from .._progress import BarProgress, LogProgress, human_bytes, use_bars
-from .._ssh import Connector
+from .._tcp import EarlyConnection
 from .definition import build_parser, build_seed_parser, overrides_from
 
 if TYPE_CHECKING:
     from .._settings import ConfigFile, TaskSettings
+    from .._ssh import Connector
     from .._tasks import TaskReport
 
 log = logging.getLogger("dataferry")
@@ -143,28 +144,39 @@ def _resolve_tasks(
 
 
 def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
-    return asyncio.run(_run_tasks_async(prepare))
+    """Validate the tasks and run them, the connection already under way.
 
-
-async def _run_tasks_async(prepare: Callable[[], list[TaskSettings]]) -> int:
-    """Validate the tasks and run them, the first connection already under way.
-
-    Connecting costs the server ~80 ms on loopback (several round trips on a far
-    link) and validating the config costs us ~70 ms of imports (pydantic,
-    extraction): done one after the other they were a third of fetching and
-    extracting a 68 MB archive. So the connection starts first and the config
-    is validated in a thread meanwhile. A config error still wins: it is
-    reported, and the connection closed unused. Log records from before the
-    log level is known are held, then shown or dropped by that level.
+    Start-up and the login used to follow each other; now they overlap:
+    1. the TCP connection opens in a thread (``EarlyConnection``) while
+       asyncssh loads (~80 ms), so the server's greeting is waiting for it;
+    2. the SSH login starts (the server works ~40 ms on loopback, several
+       round trips on a far link) while a thread validates the config and
+       loads pydantic and extraction (~70 ms).
+    A config error still wins: it is reported, and the connection closed
+    unused. Log records from before the log level is known are held, then
+    shown or dropped by that level.
     """
-    held = _HeldRecords.install()
-    connector: Connector | None = None
+    connection: ConnectionSettings | None = None
     connection_error: ConfigError | None = None
     try:
-        connector = Connector(resolve_connection())
-        connector.start()
+        connection = resolve_connection()
     except ConfigError as exc:
         connection_error = exc  # reported after the config's own errors, as before
+    early = EarlyConnection(connection.host, connection.port) if connection else None
+    from .._ssh import Connector  # asyncssh: loads while the TCP connection opens
+
+    connector = Connector(connection, early) if connection else None
+    return asyncio.run(_run_tasks_async(prepare, connector, connection_error))
+
+
+async def _run_tasks_async(
+    prepare: Callable[[], list[TaskSettings]],
+    connector: Connector | None,
+    connection_error: ConfigError | None,
+) -> int:
+    held = _HeldRecords.install()
+    if connector is not None:
+        connector.start()
     try:
         try:
             tasks = await asyncio.to_thread(prepare)
