@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataferry._connection import ConnectionSettings, HostKeyPolicy
+from dataferry._connection import ENV_VARIABLES, ConnectionSettings, HostKeyPolicy
 from dataferry._settings import TaskSettings
 from sshd import OpenSSHServer
 
@@ -34,20 +34,7 @@ class Remote:
     def env(self) -> dict[str, str]:
         """Environment variables for running the CLI against this server."""
         settings = self.connection
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key
-            not in (
-                "REMOTE_HOST_ADDRESS",
-                "REMOTE_PORT",
-                "USERNAME",
-                "PASSWORD",
-                "SSH_KEY_FILE",
-                "SSH_KNOWN_HOSTS",
-                "SSH_HOST_KEY_POLICY",
-            )
-        }
+        env = {key: value for key, value in os.environ.items() if key not in ENV_VARIABLES}
         env.update(
             REMOTE_HOST_ADDRESS=settings.host,
             REMOTE_PORT=str(settings.port),
@@ -104,6 +91,21 @@ def through(connection: ConnectionSettings, port: int, directory: Path) -> Conne
     """The same server reached through a proxy listening on port."""
     known = trust_port(connection, port, directory)
     return replace(connection, port=port, known_hosts=known)
+
+
+def run_args(save: Path | str, remote_path: str, *extra: str) -> list[str]:
+    """``-m dataferry run t --file_save_path SAVE --remote_file_path REMOTE EXTRA...``."""
+    return [
+        "-m",
+        "dataferry",
+        "run",
+        "t",
+        "--file_save_path",
+        str(save),
+        "--remote_file_path",
+        remote_path,
+        *extra,
+    ]
 
 
 def run_cli(

@@ -13,7 +13,7 @@ import pytest
 
 from dataferry._state import is_bookkeeping
 from faults import FaultProxy
-from remote import REPO, Remote, run_cli, through
+from remote import REPO, Remote, run_args, run_cli, through
 
 SCRIPTS = REPO / "src"
 
@@ -200,22 +200,7 @@ def test_exit_codes(remote: Remote, tmp_path: Path) -> None:
 def test_password_never_printed(remote: Remote, tmp_path: Path) -> None:
     env = {**remote.env(), "PASSWORD": "Very-Secret-Word-9", "SSH_KEY_FILE": ""}
     env.pop("SSH_KEY_FILE")
-    result = run_cli(
-        [
-            "-m",
-            "dataferry",
-            "run",
-            "t",
-            "--file_save_path",
-            "./x",
-            "--remote_file_path",
-            "/x",
-            "--log-level",
-            "DEBUG",
-        ],
-        env,
-        tmp_path,
-    )
+    result = run_cli(run_args("./x", "/x", "--log-level", "DEBUG"), env, tmp_path)
     assert result.returncode == 3, result.stderr
     assert "Very-Secret-Word-9" not in result.stderr + result.stdout
 
@@ -265,7 +250,7 @@ def test_config_errors_win_over_the_early_connection(remote: Remote, tmp_path: P
     assert_one_line_error(
         run_cli(bad, {**env, "REMOTE_PORT": "http"}, tmp_path), 2, "bad.max_tries"
     )
-    flags = ["-m", "dataferry", "run", "t", "--file_save_path", "x", "--remote_file_path", "/x"]
+    flags = run_args("x", "/x")
     no_config = tmp_path / "elsewhere"
     no_config.mkdir()
     assert_one_line_error(
@@ -281,13 +266,8 @@ def test_config_errors_win_over_the_early_connection(remote: Remote, tmp_path: P
 
 def test_early_connection_logs_follow_the_log_level(remote: Remote, tmp_path: Path) -> None:
     (remote.root / "a.csv").write_text("a\n")
-    flags = [
-        "--file_save_path",
-        "./a.csv",
-        "--remote_file_path",
-        remote.path(remote.root / "a.csv"),
-    ]
-    run = ["-m", "dataferry", "run", "t", *flags, "--overwrite", "true", "--log-level"]
+    run = run_args("./a.csv", remote.path(remote.root / "a.csv"), "--overwrite", "true")
+    run.append("--log-level")
     debug = run_cli([*run, "DEBUG"], remote.env(), tmp_path)
     assert debug.returncode == 0, debug.stderr
     connecting = debug.stderr.find("dataferry.ssh: connecting to")
@@ -347,13 +327,8 @@ def test_host_name_resolved_at_start_up(remote: Remote, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts_localhost"
     known.write_text(f"[localhost]:{port} {' '.join(key)}\n")
     env = {**remote.env(), "REMOTE_HOST_ADDRESS": "localhost", "SSH_KNOWN_HOSTS": str(known)}
-    flags = [
-        "--file_save_path",
-        "./a.csv",
-        "--remote_file_path",
-        remote.path(remote.root / "a.csv"),
-    ]
-    result = run_cli(["-m", "dataferry", "run", "t", *flags, "--log-level", "DEBUG"], env, tmp_path)
+    args = run_args("./a.csv", remote.path(remote.root / "a.csv"), "--log-level", "DEBUG")
+    result = run_cli(args, env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "using the TCP connection opened at start-up" in result.stderr
     assert (tmp_path / "a.csv").read_text() == "a\n"

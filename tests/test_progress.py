@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dataferry._progress import LogProgress
-from remote import Remote
+from remote import Remote, run_args
 
 
 def test_bars_on_a_terminal(remote: Remote, tmp_path: Path) -> None:
@@ -21,17 +21,7 @@ def test_bars_on_a_terminal(remote: Remote, tmp_path: Path) -> None:
     source.write_bytes(os.urandom(3 * 2**20))
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dataferry",
-            "run",
-            "t",
-            "--file_save_path",
-            "out.bin",
-            "--remote_file_path",
-            remote.path(source),
-        ],
+        [sys.executable, *run_args("out.bin", remote.path(source))],
         env={**remote.env(), "TERM": "xterm", "COLUMNS": "120"},
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,

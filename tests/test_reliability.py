@@ -29,7 +29,16 @@ from dataferry import (
 from dataferry._connection import ConnectionSettings, HostKeyPolicy
 from dataferry._downloads import part_path
 from faults import FaultPlan, FaultProxy
-from remote import REPO, Remote, random_bytes, run_cli, settings_for, through, trust_port
+from remote import (
+    REPO,
+    Remote,
+    random_bytes,
+    run_args,
+    run_cli,
+    settings_for,
+    through,
+    trust_port,
+)
 from sshd import OpenSSHServer, start_sshd
 
 # What the fault tests measured, written to tests/.reliability-last-run.txt
@@ -147,18 +156,7 @@ def restart_sshd(server: OpenSSHServer) -> None:
 def test_sigkill_then_rerun_resumes(remote: Remote, tmp_path: Path) -> None:
     source = random_file(remote.root / "k.bin", 16 << 20)
     save = tmp_path / "k.bin"
-    args = [
-        "-m",
-        "dataferry",
-        "run",
-        "t",
-        "--file_save_path",
-        str(save),
-        "--remote_file_path",
-        remote.path(source),
-        "--retry_delay",
-        "0",
-    ]
+    args = run_args(save, remote.path(source), "--retry_delay", "0")
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
         env = {
             **remote.env(),
@@ -198,16 +196,7 @@ def _limit_file_size() -> None:
 def test_disk_full_is_exit_7_and_resumable(remote: Remote, tmp_path: Path) -> None:
     source = random_file(remote.root / "f.bin", 3 << 20)
     save = tmp_path / "dest" / "f.bin"
-    args = [
-        "-m",
-        "dataferry",
-        "run",
-        "t",
-        "--file_save_path",
-        str(save),
-        "--remote_file_path",
-        remote.path(source),
-    ]
+    args = run_args(save, remote.path(source))
     result = subprocess.run(
         [sys.executable, *args],
         env=remote.env(),
@@ -234,17 +223,7 @@ def test_second_run_waits_for_the_lock(remote: Remote, tmp_path: Path) -> None:
     lock = FileLock(tmp_path / ".l.bin.dataferry.lock")
     with lock:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dataferry",
-                "run",
-                "t",
-                "--file_save_path",
-                str(save),
-                "--remote_file_path",
-                remote.path(source),
-            ],
+            [sys.executable, *run_args(save, remote.path(source))],
             env=remote.env(),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
