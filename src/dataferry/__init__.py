@@ -17,26 +17,27 @@ from ._exceptions import (
     ConfigError,
     DataferryError,
     DestinationError,
+    DriftError,
+    FrozenError,
     HostKeyError,
     OverwriteConflictError,
     RemotePathError,
     TransferError,
 )
-from ._observer import TaskObserver
+from .observe import TaskObserver, TaskState
 
 if TYPE_CHECKING:
     from ._settings import ConfigFile, TaskSettings, resolve_task
-    from ._tasks import TaskReport, run_task
+    from .engine import TaskReport, run_task
 
 # Loaded on first use: task settings bring pydantic, tasks bring asyncssh and
 # extraction. The command line opens its connection first (cli/__init__.py);
-# importing any module that uses asyncssh imports _startup.py before it.
 _LAZY = {
     "ConfigFile": "._settings",
     "TaskSettings": "._settings",
     "resolve_task": "._settings",
-    "TaskReport": "._tasks",
-    "run_task": "._tasks",
+    "TaskReport": ".engine",
+    "run_task": ".engine",
 }
 
 
@@ -57,6 +58,8 @@ __all__ = [
     "ConnectionSettings",
     "DataferryError",
     "DestinationError",
+    "DriftError",
+    "FrozenError",
     "HostKeyError",
     "HostKeyPolicy",
     "OverwriteConflictError",
@@ -64,6 +67,7 @@ __all__ = [
     "TaskObserver",
     "TaskReport",
     "TaskSettings",
+    "TaskState",
     "TransferError",
     "__version__",
     "resolve_connection",

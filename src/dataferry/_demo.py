@@ -17,13 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ._observer import TaskObserver
-from ._progress import LogProgress, human_bytes
+from .observe import TaskObserver
+from .observe.progress import LogProgress, human_bytes
 from ._sample import generate_sample_dataset
 from ._server import EmbeddedSFTPServer
 from ._settings import ConfigFile, resolve_task
-from ._ssh import Connector
-from ._tasks import TaskReport, run_task
+from .sources.ssh import SSHConnector as Connector
+from .engine import TaskReport, run_task
 
 
 async def _serve_and_run(

@@ -70,3 +70,9 @@ EXIT_CODES: dict[int, str] = {
     7: "destination problem: would overwrite, disk full, not writable",
     130: "interrupted",
 }
+
+
+class TransientError(Exception):
+    """Internal: a failure worth retrying (connection refused, reset, lost, timed out,
+    a file that changed during its transfer). Never shown as is: after the last
+    try the engine turns it into :class:`TransferError`."""

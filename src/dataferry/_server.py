@@ -37,9 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import cast
 
-# First: asyncssh without its slow library search (see _startup.py).
-from dataferry import _startup  # noqa: F401  # isort: skip
-
 import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import (

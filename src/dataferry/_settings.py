@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ._defaults import LOG_LEVELS
@@ -82,6 +83,23 @@ class TaskSettings(BaseModel):
     # largest uncompressed/compressed ratio (real CSV stays well under 20).
     max_extract_bytes: int = Field(default=64 * 2**30, ge=1)
     max_compression_ratio: float = Field(default=1000.0, gt=1)
+    # The manifest recording what each task fetched (docs/manifest.md); resolved
+    # by resolve_task when not set: DATAFERRY_MANIFEST, else beside the config file.
+    manifest: Path | None = None
+    # Refuse to run when the remote differs from what the manifest pins.
+    frozen: Bool = False
+    # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
+    save_path_is_folder: bool = Field(default=False, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remember_trailing_slash(cls, data: object) -> object:
+        if isinstance(data, dict):
+            raw = data.get("file_save_path")
+            if isinstance(raw, str | Path):
+                text = str(raw) if isinstance(raw, Path) else raw
+                data = {**data, "save_path_is_folder": text.endswith(("/", os.sep))}
+        return data
 
     @field_validator("remote_file_path")
     @classmethod
@@ -111,8 +129,12 @@ class TaskSettings(BaseModel):
 
 # Keys a user may set, in config.json or as flags, with their config.json spelling.
 TASK_KEYS = tuple(
-    (field.alias or name) for name, field in TaskSettings.model_fields.items() if name != "name"
+    (field.alias or name)
+    for name, field in TaskSettings.model_fields.items()
+    if name not in ("name", "save_path_is_folder")
 )
+MANIFEST_ENV = "DATAFERRY_MANIFEST"
+MANIFEST_NAME = "dataferry.manifest.json"
 
 _MESSAGES = {
     "int_parsing": "expected a whole number",
@@ -226,7 +248,19 @@ def resolve_task(
             message = f"{message}, got {_show(values[key])}"
         raise ConfigError(f"{where}: {message}") from None
     check_container_save_path(settings)
+    if settings.manifest is None:
+        settings = settings.model_copy(update={"manifest": default_manifest_path(config)})
     return settings
+
+
+def default_manifest_path(config: ConfigFile | None) -> Path:
+    """DATAFERRY_MANIFEST, else dataferry.manifest.json beside the config file (or here)."""
+    from_env = os.environ.get(MANIFEST_ENV)
+    if from_env:
+        return Path(from_env)
+    if config is not None:
+        return config.path.parent / MANIFEST_NAME
+    return Path(MANIFEST_NAME)
 
 
 def check_container_save_path(settings: TaskSettings) -> None:

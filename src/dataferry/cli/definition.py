@@ -59,6 +59,13 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "check each file's size (default), or also its sha256 (runs sha256sum on the server)",
     ),
     (
+        "--manifest",
+        "manifest",
+        "PATH",
+        "the manifest recording what was fetched (default: DATAFERRY_MANIFEST, else "
+        "dataferry.manifest.json beside the config file)",
+    ),
+    (
         "--metrics_port",
         "metrics_port",
         "PORT",
@@ -95,6 +102,15 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         help="fetch again files the destination already holds unchanged (skipped by default)",
     )
     group.add_argument(
+        "--frozen",
+        dest=_dest("frozen"),
+        action="store_const",
+        const="true",
+        default=None,
+        help="refuse to run (exit 9, nothing written) when the remote differs from what the "
+        "manifest pins",
+    )
+    group.add_argument(
         "--include",
         dest="include",
         metavar="GLOB",
@@ -111,7 +127,7 @@ def _dest(key: str) -> str:
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """The override flags the user gave, keyed by their config.json spelling."""
     values: dict[str, object] = {}
-    for key in [key for _, key, _, _ in OVERRIDES] + ["force"]:
+    for key in [key for _, key, _, _ in OVERRIDES] + ["force", "frozen"]:
         value = getattr(args, _dest(key), None)
         if value is not None:
             values[key] = value
@@ -155,6 +171,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_overrides(run)
 
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash what the manifest records and list missing or changed files",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
+        description="Check each result file the manifest records for a task (size, mtime and "
+        "sha256) against the disk. Exit 0 when all is intact, 8 when anything is missing or "
+        "changed (each listed). Needs no connection.",
+    )
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument("task", nargs="?", help="task name as recorded in the manifest")
+    which.add_argument("--all", action="store_true", help="every task the manifest records")
+    verify.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"config file, to find the manifest beside it (default ./{DEFAULT_CONFIG_FILE})",
+    )
+    verify.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the manifest (default: DATAFERRY_MANIFEST, else beside the config file)",
+    )
+    verify.add_argument(
+        "--quick",
+        action="store_true",
+        help="compare sizes and modification times only, without re-hashing",
+    )
     demo = commands.add_parser(
         "demo",
         formatter_class=_Formatter,

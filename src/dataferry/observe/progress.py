@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from ._observer import TaskObserver
+from .events import TaskObserver
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -38,22 +38,18 @@ class LogProgress(TaskObserver):
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
         self.interval = interval
-        self.current: str | None = None
         self.totals: dict[str, _Totals] = {}
         self.last_line = 0.0
         self.lock = threading.Lock()
 
     def plan_ready(self, task: str, total_files: int, total_bytes: int) -> None:
-        self.current = task
         totals = self.totals.setdefault(task, _Totals())
         totals.total_bytes = total_bytes
         log.info("%s: %d file(s), %s to fetch", task, total_files, human_bytes(total_bytes))
         self.last_line = time.monotonic()
 
-    def bytes_received(self, remote_path: str, count: int) -> None:
-        if self.current is None:
-            return
-        totals = self.totals.setdefault(self.current, _Totals())
+    def bytes_received(self, task: str, remote_path: str, count: int) -> None:
+        totals = self.totals.setdefault(task, _Totals())
         totals.done_bytes += count
         now = time.monotonic()
         if now - self.last_line >= self.interval:
@@ -65,7 +61,7 @@ class LogProgress(TaskObserver):
             percent = 100 * totals.done_bytes / totals.total_bytes if totals.total_bytes else 100
             log.info(
                 "%s: %s of %s (%.0f%%), %s/s%s",
-                self.current,
+                task,
                 human_bytes(totals.done_bytes),
                 human_bytes(totals.total_bytes),
                 percent,
@@ -118,19 +114,19 @@ class BarProgress(TaskObserver):
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
-    def file_started(self, remote_path: str, size: int, offset: int) -> None:
+    def file_started(self, task: str, remote_path: str, size: int, offset: int) -> None:
         name = remote_path.rsplit("/", 1)[-1]
         if remote_path in self.bars:
             self.progress.reset(self.bars[remote_path], total=size, completed=offset)
         else:
             self.bars[remote_path] = self.progress.add_task(name, total=size, completed=offset)
 
-    def bytes_received(self, remote_path: str, count: int) -> None:
+    def bytes_received(self, task: str, remote_path: str, count: int) -> None:
         bar = self.bars.get(remote_path)
         if bar is not None:
             self.progress.advance(bar, count)
 
-    def file_finished(self, remote_path: str, local_path: str, size: int) -> None:
+    def file_finished(self, task: str, remote_path: str, local_path: str, size: int) -> None:
         bar = self.bars.get(remote_path)
         if bar is not None:
             self.progress.update(bar, completed=size)

@@ -42,10 +42,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from ._observer import TaskObserver
+from .events import ENDED_STATES, TaskObserver, TaskState
 
-STATES = ("starting", "connecting", "listing", "transferring", "extracting", "done", "failed")
-ENDED_STATES = frozenset({"done", "failed"})
+STATES = tuple(state.value for state in TaskState)
 RATE_WINDOW = 5.0
 """Seconds over which the current rate is averaged."""
 _BUCKETS_PER_SECOND = 10
@@ -56,7 +55,7 @@ _WSGIApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
 
 @dataclass
 class _TaskState:
-    state: str = "starting"
+    state: TaskState = TaskState.STARTING
     files_total: int = 0
     bytes_total: int = 0
     files_done: int = 0
@@ -79,21 +78,13 @@ class _TaskMetrics(Collector):
         self.clock = clock
         self.lock = threading.Lock()
         self.tasks: dict[str, _TaskState] = {}
-        self.current: str | None = None
-        self.file_task: dict[str, str] = {}
 
     def task(self, name: str) -> _TaskState:
         """The state of task name; the caller holds the lock."""
         state = self.tasks.get(name)
         if state is None:
             state = self.tasks[name] = _TaskState()
-        self.current = name
         return state
-
-    def task_of_file(self, remote_path: str) -> _TaskState | None:
-        """The state of the task fetching remote_path; the caller holds the lock."""
-        name = self.file_task.get(remote_path, self.current)
-        return None if name is None else self.tasks.get(name)
 
     def rate(self, state: _TaskState, now: float) -> float:
         """Bytes per second over the last RATE_WINDOW seconds; the caller holds the lock."""
@@ -236,9 +227,9 @@ class MetricsServer(TaskObserver):
 
     def task_started(self, task: str) -> None:
         with self._metrics.lock:
-            self._metrics.task(task).state = "starting"
+            self._metrics.task(task).state = TaskState.STARTING
 
-    def state_changed(self, task: str, state: str) -> None:
+    def state_changed(self, task: str, state: TaskState) -> None:
         with self._metrics.lock:
             self._metrics.task(task).state = state
 
@@ -248,23 +239,18 @@ class MetricsServer(TaskObserver):
             state.files_total = total_files
             state.bytes_total = total_bytes
 
-    def file_started(self, remote_path: str, size: int, offset: int) -> None:
+    def file_started(self, task: str, remote_path: str, size: int, offset: int) -> None:
         m = self._metrics
         with m.lock:
-            if m.current is None:
-                return
-            m.file_task[remote_path] = m.current
-            state = m.tasks[m.current]
+            state = m.task(task)
             state.file_progress[remote_path] = offset
             if state.rate_since is None:
                 state.rate_since = m.clock()
 
-    def bytes_received(self, remote_path: str, count: int) -> None:
+    def bytes_received(self, task: str, remote_path: str, count: int) -> None:
         m = self._metrics
         with m.lock:
-            state = m.task_of_file(remote_path)
-            if state is None:
-                return
+            state = m.task(task)
             state.file_progress[remote_path] = state.file_progress.get(remote_path, 0) + count
             now = m.clock()
             if state.rate_since is None:
@@ -275,12 +261,10 @@ class MetricsServer(TaskObserver):
             else:
                 state.recent.append((bucket, count))
 
-    def file_finished(self, remote_path: str, local_path: str, size: int) -> None:
+    def file_finished(self, task: str, remote_path: str, local_path: str, size: int) -> None:
         m = self._metrics
         with m.lock:
-            state = m.task_of_file(remote_path)
-            if state is None:
-                return
+            state = m.task(task)
             state.file_progress[remote_path] = size
             state.files_done += 1
 
@@ -294,4 +278,4 @@ class MetricsServer(TaskObserver):
 
     def task_finished(self, task: str, files: int, total_bytes: int, seconds: float) -> None:
         with self._metrics.lock:
-            self._metrics.task(task).state = "done"
+            self._metrics.task(task).state = TaskState.DONE

@@ -1,7 +1,8 @@
-"""The SSH/SFTP backend: connecting, verifying host keys, listing, and error translation.
+"""The SFTP source: connecting, verifying host keys, listing, reading, error translation.
 
-Everything asyncssh-specific lives here and in ``_downloads.py``; the task layer
-sees :class:`RemoteSession`, :class:`RemoteFile` and dataferry's own exceptions.
+asyncssh is imported only in this package (and in the development server); the
+engine sees :class:`SSHSource` through the Source interface and dataferry's own
+exceptions.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-# First: asyncssh without its slow library search (see _startup.py).
-from . import _startup  # noqa: F401  # isort: skip
-
 import asyncssh
 
-from ._connection import ConnectionSettings, HostKeyPolicy
-from ._exceptions import AuthenticationError, ConfigError, HostKeyError, RemotePathError
-from ._tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
+from ..._connection import ConnectionSettings, HostKeyPolicy
+from ..._exceptions import (
+    AuthenticationError,
+    ConfigError,
+    HostKeyError,
+    RemotePathError,
+    TransientError,
+)
+from ..base import Listing, RemoteFile, Source, SourceConnector, SourceReader
+from .tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -42,25 +47,10 @@ KEEPALIVE_INTERVAL = 20.0
 MAX_PACKET_SIZE = 256 * 1024
 
 
-class TransientError(Exception):
-    """A failure worth retrying: the connection was refused, reset, lost or timed out."""
-
-
 def _cipher_preference() -> list[str]:
     available = [alg.decode() for alg in asyncssh.encryption.get_encryption_algs()]
     preferred = [alg for alg in _PREFERRED_CIPHERS if alg in available]
     return preferred + [alg for alg in available if alg not in preferred]
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    mtime: int
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
 
 
 def _host_label(host: str, port: int) -> str:
@@ -130,11 +120,31 @@ def _load_known_hosts(path: Path) -> asyncssh.SSHKnownHosts | None:
         raise HostKeyError(f"{path}: cannot read known_hosts file: {exc}") from None
 
 
-# An open remote file, as the layers above see it (they do not import asyncssh).
-RemoteHandle = asyncssh.SFTPClientFile
+# OpenSSH's sftp-server answers reads of up to 255 KiB; larger requests come
+# back short and cost an extra round trip.
+DEFAULT_BLOCK_SIZE = 255 * 1024
+MAX_BLOCK_SIZE = 1024 * 1024
 
 
-class RemoteSession:
+class SSHReader(SourceReader):
+    """An open remote file; reads go out without waiting for each other."""
+
+    def __init__(self, file: RemoteFile, handle: asyncssh.SFTPClientFile, source: SSHSource):
+        super().__init__(file)
+        self._handle = handle
+        self._source = source
+
+    async def read(self, offset: int, length: int) -> bytes:
+        with translate_sftp_errors(self.file.path):
+            data = await self._handle.read(length, offset)
+        assert isinstance(data, bytes)  # opened in binary mode
+        return data
+
+    def close_later(self) -> None:
+        self._source.close_later(self._handle)
+
+
+class SSHSource(Source):
     """One SSH connection with one SFTP channel."""
 
     def __init__(
@@ -147,15 +157,22 @@ class RemoteSession:
         self.sftp = sftp
         self.settings = settings
         self._background: set[asyncio.Task[None]] = set()
-        # The fastest stat seen: a fair estimate of the link's round trip.
         self.round_trip = float("inf")
+
+    def describe(self) -> str:
+        return self.settings.describe()
+
+    @property
+    def block_size(self) -> int:
+        limit = self.sftp.limits.max_read_len
+        return min(limit, MAX_BLOCK_SIZE) if limit else DEFAULT_BLOCK_SIZE
 
     @property
     def max_open_handles(self) -> int:
         """The server's limit on open files (limits@openssh.com), 0 when it states none."""
         return int(self.sftp.limits.max_open_handles or 0)
 
-    def close_later(self, handle: RemoteHandle) -> None:
+    def close_later(self, handle: asyncssh.SFTPClientFile) -> None:
         """Close a remote file without waiting for the server's reply."""
         task = asyncio.ensure_future(handle.close())
         self._background.add(task)
@@ -173,9 +190,7 @@ class RemoteSession:
         self.round_trip = min(self.round_trip, time.monotonic() - started)
         return attrs
 
-    async def find(
-        self, remote_path: str, include: tuple[str, ...]
-    ) -> RemoteFile | list[RemoteFile]:
+    async def find(self, remote_path: str, include: tuple[str, ...]) -> Listing:
         """The file at remote_path, or, when it is a folder, its files matching include.
 
         The stat and the folder read go out together, so a folder costs one
@@ -189,9 +204,11 @@ class RemoteSession:
             await _settle(reading)
             raise
         if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
-            return await self._matching_files(remote_path, await reading, include)
+            files = await self._matching_files(remote_path, await reading, include)
+            return Listing(remote_path, True, tuple(files))
         await _settle(reading)
-        return RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
+        file = RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
+        return Listing(remote_path, False, (file,))
 
     async def _read_folder(self, remote_dir: str) -> Sequence[asyncssh.SFTPName]:
         with translate_sftp_errors(remote_dir):
@@ -227,10 +244,11 @@ class RemoteSession:
             )
         return sorted(files, key=lambda remote: remote.path)
 
-    async def open_file(self, remote_path: str) -> RemoteHandle:
-        """Open a remote file for reading; close it with :meth:`close_later`."""
-        with translate_sftp_errors(remote_path):
-            return await self.sftp.open(remote_path, "rb", block_size=0)
+    async def open(self, file: RemoteFile) -> SSHReader:
+        """Open a remote file for reading; close it with its close_later()."""
+        with translate_sftp_errors(file.path):
+            handle = await self.sftp.open(file.path, "rb", block_size=0)
+        return SSHReader(file, handle, self)
 
     async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
         """Remote digests computed by ``sha256sum`` on the server (one command for all)."""
@@ -268,21 +286,6 @@ async def _settle(future: asyncio.Future[Any]) -> None:
     """Let a request that is no longer needed finish; its outcome does not matter."""
     with contextlib.suppress(Exception):
         await future
-
-
-async def read_range(handle: RemoteHandle, remote_path: str, offset: int, length: int) -> bytes:
-    """Bytes [offset, offset+length) of an open remote file (fewer at its end)."""
-    chunks: list[bytes] = []
-    with translate_sftp_errors(remote_path):
-        while length > 0:
-            data = await handle.read(length, offset)
-            if not data:
-                break
-            assert isinstance(data, bytes)  # opened in binary mode
-            chunks.append(data)
-            offset += len(data)
-            length -= len(data)
-    return b"".join(chunks)
 
 
 @contextlib.contextmanager
@@ -405,7 +408,7 @@ async def _close(connection: asyncssh.SSHClientConnection) -> None:
         await connection.wait_closed()
 
 
-class Connector:
+class SSHConnector(SourceConnector):
     """Opens sessions to one server, connecting ahead of need and reusing what works.
 
     The command line calls :meth:`start` as soon as it knows where to connect:
@@ -432,7 +435,7 @@ class Connector:
             self._next = asyncio.ensure_future(_connect(self.settings, early))
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[RemoteSession]:
+    async def session(self) -> AsyncIterator[SSHSource]:
         ready, self._next = self._next, None
         if ready is not None:
             connection, sftp = await ready
@@ -442,7 +445,7 @@ class Connector:
             connection, sftp = await _connect(self.settings)
         ended_well = False
         try:
-            session = RemoteSession(connection, sftp, self.settings)
+            session = SSHSource(connection, sftp, self.settings)
             try:
                 yield session
             finally:

@@ -1,0 +1,444 @@
+"""Run one task: plan against the manifest, fetch with retries, extract, record.
+
+This layer knows nothing about the command line: it takes validated settings,
+a SourceConnector, reports through a :class:`TaskObserver` and raises
+dataferry exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from .._connection import ConnectionSettings
+from .._exceptions import FrozenError, TransferError, TransientError
+from .._settings import TaskSettings
+from ..extract import ArchiveKind, ExtractLimits
+from ..manifest import Entry, ManifestStore
+from ..observe import TaskObserver, TaskState
+from ..plan import Plan, PlannedFile, files_in_flight, plan_files
+from ..sinks import Extracted, Sink
+from ..sinks.local import LocalSink
+from ..sources import Source, SourceConnector
+from .copy import Copied, DigestMismatch, copy_file, requests_budget
+from .decisions import Decisions, decide, frozen_differences, make_entry
+from .tee import OverlappedExtraction, start_extraction
+
+log = logging.getLogger("dataferry.engine")
+
+# Archives at least this big are extracted while they download.
+OVERLAP_MIN_BYTES = 4 * 1024 * 1024
+MAX_RETRY_WAIT = 60.0
+SinkFactory = Callable[[Path], Sink]
+# Completed files are recorded in the manifest at least this often during a run.
+RECORD_INTERVAL = 10.0
+
+
+@dataclass
+class TaskReport:
+    task: str
+    downloaded: list[Path] = field(default_factory=list)
+    extracted: list[Path] = field(default_factory=list)
+    removed_archives: list[Path] = field(default_factory=list)
+    up_to_date: list[Path] = field(default_factory=list)
+    bytes_transferred: int = 0
+    tries: int = 0
+    seconds: float = 0.0
+
+    @property
+    def files(self) -> list[Path]:
+        """What the task leaves on disk for the user."""
+        kept = [path for path in self.downloaded if path not in self.removed_archives]
+        return kept + self.extracted
+
+
+@dataclass
+class _Fetched:
+    item: PlannedFile
+    copied: Copied
+    early: list[Extracted] | None = None  # extracted while it downloaded
+    recorded: bool = False
+    kind: ArchiveKind | None = None
+    kind_known: bool = False
+
+
+class _TaskRun:
+    """The state of one task across its tries: what is planned and what is done."""
+
+    def __init__(
+        self,
+        settings: TaskSettings,
+        connector: SourceConnector,
+        observer: TaskObserver,
+        sink_factory: SinkFactory,
+    ):
+        self.settings = settings
+        self.sink_factory = sink_factory
+        self.connector = connector
+        self.observer = observer
+        self.report = TaskReport(settings.name)
+        assert settings.manifest is not None  # resolve_task fills it in
+        self.store = ManifestStore(settings.manifest)
+        self.sink: Sink | None = None
+        self.plan: Plan | None = None
+        self.decisions: Decisions | None = None
+        self.done: dict[str, _Fetched] = {}
+        self.limits = ExtractLimits(
+            max_total_bytes=settings.max_extract_bytes, max_ratio=settings.max_compression_ratio
+        )
+        self.last_record = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    async def attempt(self) -> None:
+        """One try: connect, (re)plan, fetch whatever is not done yet."""
+        self.report.tries += 1
+        self.observer.state_changed(self.name, TaskState.CONNECTING)
+        async with self.connector.session() as source:
+            self.observer.state_changed(self.name, TaskState.LISTING)
+            listing = await source.find(self.settings.remote_file_path, self.settings.include)
+            plan = plan_files(self.settings, listing)
+            if self.decisions is None:
+                self._first_plan(plan)
+            assert self.decisions is not None
+            todo = [
+                item
+                for item in plan.files
+                if item.remote.path not in self.done
+                and item.remote.path not in self.decisions.up_to_date
+            ]
+            digests: dict[str, str] = {}
+            if self.settings.verify == "sha256" and todo:
+                digests = await source.sha256_digests([item.remote.path for item in todo])
+            self.observer.state_changed(self.name, TaskState.TRANSFERRING)
+            try:
+                await self._fetch_all(source, todo, digests)
+            finally:
+                self._record_downloads()
+        self.report.downloaded = [
+            self._local(self.done[item.remote.path].item)
+            for item in plan.files
+            if item.remote.path in self.done
+        ]
+
+    def _local(self, item: PlannedFile) -> Path:
+        assert self.plan is not None
+        return self.plan.folder / item.relative
+
+    def _first_plan(self, plan: Plan) -> None:
+        """Skip what is already here, refuse conflicts (and, frozen, any drift) before fetching."""
+        settings = self.settings
+        self.plan = plan
+        self.sink = self.sink_factory(plan.folder)
+        manifest = self.store.load()
+        record = pins = manifest.task(self.name)
+        if record is not None and record.destination != str(plan.folder):
+            # Saved elsewhere before: those records say nothing about this folder
+            # (though, with --frozen, their pins still hold).
+            log.info(
+                "%s: destination changed from %s; starting a new record",
+                self.name,
+                record.destination,
+            )
+            if not settings.frozen:
+                self.store.forget_task(self.name)
+            record = None
+        if settings.frozen:
+            problems = frozen_differences(self.name, pins, plan, self.store.path)
+            if problems:
+                raise FrozenError(problems)
+        self.decisions = decide(settings, plan, record, self.sink, pins=pins)
+        for item in plan.files:
+            if item.remote.path in self.decisions.up_to_date:
+                self.report.up_to_date.append(self._local(item))
+                self.observer.file_skipped(self.name, item.remote.path, "up to date")
+        if self.decisions.up_to_date:
+            log.info(
+                "%s: %d file(s) already up to date (unchanged on the server and on disk); "
+                "skipping them (use --force to fetch again)",
+                self.name,
+                len(self.decisions.up_to_date),
+            )
+        todo = [item for item in plan.files if item.remote.path not in self.decisions.up_to_date]
+        self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
+
+    async def _fetch_all(
+        self, source: Source, todo: list[PlannedFile], digests: dict[str, str]
+    ) -> None:
+        if not todo:
+            return
+        assert self.sink is not None
+        parallel = min(files_in_flight(source, todo), len(todo))
+        requests_per_file = max(4, requests_budget(source) // parallel)
+        queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
+        for item in todo:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            while not queue.empty():
+                item = queue.get_nowait()
+                await self._fetch_one(source, item, requests_per_file, digests)
+                if time.monotonic() - self.last_record >= RECORD_INTERVAL:
+                    await asyncio.to_thread(self._record_downloads)
+
+        workers = [asyncio.create_task(worker()) for _ in range(parallel)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self.sink.finish()
+
+    def _expected_sha256(self, item: PlannedFile, digests: dict[str, str]) -> str | None:
+        assert self.decisions is not None
+        pinned = self.decisions.pinned_sha256.get(item.remote.path)
+        return pinned or digests.get(item.remote.path)
+
+    async def _fetch_one(
+        self,
+        source: Source,
+        item: PlannedFile,
+        requests_in_flight: int,
+        digests: dict[str, str],
+    ) -> None:
+        assert self.sink is not None and self.decisions is not None
+        sink = self.sink
+        # One open serves the archive probe and the download (round trips add
+        # up on a far link); nothing waits for the close.
+        reader = await source.open(item.remote)
+        overlap: OverlappedExtraction | None = None
+        try:
+            if item.remote.size >= OVERLAP_MIN_BYTES and not sink.has_partial(item.relative):
+                overlap = await start_extraction(
+                    reader,
+                    sink,
+                    item.relative,
+                    overwrite=self.settings.overwrite,
+                    owned=self.decisions.owned,
+                    limits=self.limits,
+                )
+            writer = await sink.open_part(item.relative, item.remote)
+            download = asyncio.ensure_future(
+                copy_file(
+                    self.name,
+                    source,
+                    reader,
+                    writer,
+                    self.observer,
+                    requests_in_flight=requests_in_flight,
+                    expected_sha256=self._expected_sha256(item, digests),
+                    tee=overlap.tee if overlap else None,
+                )
+            )
+            try:
+                if overlap is not None:
+                    either: list[asyncio.Future[Any]] = [download, overlap.done]
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    conflict = overlap.conflict()
+                    if conflict is not None and not download.done():
+                        # overwrite is false and the archive's first entries (a zip's
+                        # directory) already clash with existing files: stop now, not
+                        # after the whole download. The partial file stays, resumable.
+                        download.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await download
+                        raise conflict
+                copied = await download
+            except DigestMismatch as exc:
+                if self.settings.frozen and item.remote.path in self.decisions.pinned_sha256:
+                    raise FrozenError(
+                        f"{self.name}: {item.remote.path} has changed since the manifest "
+                        f"{self.store.path} pinned it (sha256 {exc.received}, pinned "
+                        f"{exc.expected}); nothing was written"
+                    ) from None
+                raise TransientError(str(exc)) from None
+            except BaseException as exc:
+                if not download.done():
+                    download.cancel()
+                    with contextlib.suppress(BaseException):
+                        await download
+                if overlap is not None:
+                    await overlap.cancel(str(exc))
+                raise
+        finally:
+            reader.close_later()
+        fetched = _Fetched(item, copied)
+        self.done[item.remote.path] = fetched
+        self.report.bytes_transferred += copied.bytes_transferred
+        if overlap is not None:
+            fetched.early = await overlap.finish()
+
+    def _record_downloads(self) -> None:
+        """Record the plain files fetched so far (archives are recorded as they are extracted)."""
+        assert self.plan is not None
+        self.last_record = time.monotonic()
+        entries = []
+        for fetched in self.done.values():
+            if fetched.recorded or fetched.early is not None:
+                continue
+            if self._archive_kind(fetched) is not None:
+                continue
+            entries.append(make_entry(fetched.item, fetched.copied.sha256, None, kept=True))
+            fetched.recorded = True
+        if entries and not self.settings.frozen:
+            self.store.update(self.name, str(self.plan.folder), upsert=entries)
+
+    def _archive_kind(self, fetched: _Fetched) -> ArchiveKind | None:
+        assert self.sink is not None
+        if not fetched.kind_known:
+            fetched.kind = self.sink.archive_kind(fetched.item.relative)
+            fetched.kind_known = True
+        return fetched.kind
+
+    def extract(self) -> None:
+        """Extract each downloaded archive beside it, then record the results."""
+        assert self.sink is not None and self.plan is not None and self.decisions is not None
+        settings, sink = self.settings, self.sink
+        for fetched in (self.done[path] for path in sorted(self.done)):
+            item = fetched.item
+            path = self._local(item)
+            results = fetched.early
+            if results is None:
+                kind = self._archive_kind(fetched)
+                if kind is None:
+                    continue  # a plain file: recorded with the downloads
+                self.observer.state_changed(self.name, TaskState.EXTRACTING)
+                log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
+                results = sink.extract_file(
+                    item.relative,
+                    kind,
+                    overwrite=settings.overwrite,
+                    owned=self.decisions.owned,
+                    limits=self.limits,
+                )
+            folder = self.plan.folder
+            self.report.extracted.extend(folder / result.path for result in results)
+            kept = settings.keep_zip_tar_file
+            if not kept:
+                sink.remove(item.relative)
+                self.report.removed_archives.append(path)
+                log.debug("removed archive %s", path)
+            entry = make_entry(item, fetched.copied.sha256, results, kept=kept)
+            if settings.frozen:
+                self._check_frozen_results(entry)
+            else:
+                self.store.update(self.name, str(folder), upsert=[entry])
+            fetched.recorded = True
+
+    def _check_frozen_results(self, entry: Entry) -> None:
+        assert self.decisions is not None
+        record = self.decisions.record
+        pinned = record.entries.get(entry.source.path) if record is not None else None
+        if pinned is None:
+            return
+        expected = {result.path: result.sha256 for result in pinned.results}
+        got = {result.path: result.sha256 for result in entry.results}
+        if expected != got:
+            raise FrozenError(
+                f"{self.name}: extracting {entry.source.path} gave other files than the "
+                f"manifest {self.store.path} pins"
+            )
+
+
+async def run_task(
+    settings: TaskSettings,
+    connection: ConnectionSettings | SourceConnector,
+    observer: TaskObserver | None = None,
+    *,
+    sink_factory: SinkFactory = LocalSink,
+) -> TaskReport:
+    """Fetch and extract one task. Transient failures are retried with backoff.
+
+    ``connection`` may be a connector whose first connection is already under
+    way (the command line starts it early); the caller closes it.
+    ``sink_factory`` makes the sink for a destination folder (tests pass fakes).
+    """
+    if isinstance(connection, ConnectionSettings):
+        from ..sources.ssh import SSHConnector
+
+        connector = SSHConnector(connection)
+        try:
+            return await run_task(settings, connector, observer, sink_factory=sink_factory)
+        finally:
+            await connector.aclose()
+    observer = observer or TaskObserver()
+    run = _TaskRun(settings, connection, observer, sink_factory)
+    started = time.monotonic()
+    observer.task_started(settings.name)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s: %s; try %d of %d in %.1f s",
+            settings.name,
+            error,
+            state.attempt_number + 1,
+            settings.max_tries,
+            delay,
+        )
+        observer.retrying(
+            settings.name, state.attempt_number, settings.max_tries, delay, str(error)
+        )
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(settings.max_tries),
+        wait=wait_exponential_jitter(
+            multiplier=settings.retry_delay,
+            max=max(MAX_RETRY_WAIT, settings.retry_delay),
+            jitter=settings.retry_delay / 2,
+        ),
+        retry=retry_if_exception_type(TransientError),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        async with _locked(sink_factory(settings.file_save_path), settings.name):
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await run.attempt()
+            except TransientError as exc:
+                raise TransferError(
+                    f"{settings.name}: failed after {settings.max_tries} "
+                    f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
+                ) from None
+            run.extract()
+    except Exception as exc:
+        observer.state_changed(settings.name, TaskState.FAILED)
+        observer.error(settings.name, str(exc))
+        raise
+    run.report.seconds = time.monotonic() - started
+    observer.state_changed(settings.name, TaskState.DONE)
+    observer.task_finished(
+        settings.name, len(run.report.files), run.report.bytes_transferred, run.report.seconds
+    )
+    return run.report
+
+
+@contextlib.asynccontextmanager
+async def _locked(sink: Sink, task: str) -> AsyncIterator[None]:
+    """Hold the destination's lock for the run; waiting for it happens off the event loop."""
+    lock = sink.lock(task)
+    await asyncio.to_thread(lock.__enter__)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)

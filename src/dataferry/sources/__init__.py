@@ -1,0 +1,8 @@
+"""Where files come from: the Source interface (base.py), one package per protocol.
+
+Protocols are imported lazily by scheme, so loading the interface costs nothing.
+"""
+
+from .base import Listing, RemoteFile, Source, SourceConnector, SourceReader
+
+__all__ = ["Listing", "RemoteFile", "Source", "SourceConnector", "SourceReader"]
