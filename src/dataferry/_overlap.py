@@ -24,14 +24,14 @@ from typing import BinaryIO, cast
 
 from ._downloads import part_path
 from ._exceptions import OverwriteConflictError
-from ._extract import (
+from ._ssh import RemoteFile, RemoteHandle, read_range
+from .extract import (
     ArchiveKind,
     ExtractLimits,
     detect_archive_kind_of,
     extract_tar_stream,
     extract_zip_stream,
 )
-from ._ssh import RemoteFile, RemoteHandle, read_range
 
 log = logging.getLogger("dataferry.overlap")
 

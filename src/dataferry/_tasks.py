@@ -32,12 +32,12 @@ from ._downloads import (
     sync_directory,
 )
 from ._exceptions import DestinationError, OverwriteConflictError, TransferError
-from ._extract import ExtractLimits, detect_archive_kind, extract_archive
 from ._observer import TaskObserver
 from ._overlap import start_extraction
 from ._settings import TaskSettings
 from ._ssh import Connector, RemoteFile, RemoteHandle, RemoteSession, TransientError
 from ._state import DestinationState, task_lock
+from .extract import ExtractLimits, detect_archive_kind, extract_archive
 
 log = logging.getLogger("dataferry.tasks")
 
