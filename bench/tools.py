@@ -56,7 +56,7 @@ def dataferry_works(executable: str) -> str | None:
 
     Byte-compiles the package first, as installing a wheel does: an editable
     install under PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every
-    edited module on every timed run (~10 ms for _extract.py alone).
+    edited module on every timed run (~10 ms for the extraction code alone).
     """
     if not _present(executable):
         return f"{executable} not found (install the package: pip install -e .)"

@@ -29,11 +29,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataferry._exceptions import ArchiveError, DestinationError, OverwriteConflictError
-from dataferry._extract import (
+from dataferry.extract import (
     ArchiveKind,
     ExtractLimits,
-    _link_target,
-    _Refused,
     archive_member_paths,
     detect_archive_kind,
     detect_archive_kind_of,
@@ -42,6 +40,8 @@ from dataferry._extract import (
     extract_zip_stream,
     normalize_member_path,
 )
+from dataferry.extract.policy import Refused as _Refused
+from dataferry.extract.policy import canonical_link_target as _link_target
 
 TAR_KINDS = [ArchiveKind.TAR, ArchiveKind.TAR_GZ, ArchiveKind.TAR_BZ2, ArchiveKind.TAR_XZ]
 ALL_KINDS = [*TAR_KINDS, ArchiveKind.ZIP]

@@ -1,0 +1,392 @@
+"""Writing: the staging directory, the writer, destination checks, moving into place.
+
+Everything is written into ``StagingDirectory`` (a private directory inside
+the destination) by ``StagingWriter``, which never follows a link and
+creates every file with ``O_EXCL``.  ``DestinationCheck`` compares the
+checked entries with what already exists in the destination (read only);
+``install_staged`` then merges the staged tree into the destination.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from dataferry._exceptions import ArchiveError, DestinationError, OverwriteConflictError
+
+from .checks import Entry, EntryChecker, EntryKind
+from .reading import READ_CHUNK
+
+_STAGING_PREFIX = ".dataferry-extract-"
+
+
+def _file_mode(mode: int | None) -> int:
+    if mode is None or mode & 0o777 == 0:
+        return 0o644
+    # No setuid/setgid/sticky, no group/other write; the owner can read/write.
+    result = (mode & 0o755) | 0o600
+    if not result & 0o100:
+        result &= ~0o111
+    return result
+
+
+def _dir_mode(mode: int | None) -> int:
+    if mode is None or mode & 0o777 == 0:
+        return 0o755
+    return (mode & 0o755) | 0o700
+
+
+_MTIME_MAX = 253402300799  # 9999-12-31: beyond that utime() may overflow
+
+
+def _mtime_ns(mtime: float | None) -> int | None:
+    if mtime is None or not math.isfinite(mtime):
+        return None
+    return int(min(max(mtime, 0), _MTIME_MAX) * 1_000_000_000)
+
+
+class StagingWriter:
+    """Creates checked entries under the staging root, never following links."""
+
+    def __init__(self, root: str, checker: EntryChecker, dest_dir: Path) -> None:
+        self.root = root
+        self.checker = checker
+        self.dest_dir = dest_dir
+        self._dirs: set[tuple[str, ...]] = {()}
+        self.files: list[tuple[str, ...]] = []
+        self.dir_times: list[tuple[tuple[str, ...], int]] = []
+
+    def _path(self, parts: tuple[str, ...]) -> str:
+        return os.path.join(self.root, *parts)
+
+    def _dest_error(self, parts: tuple[str, ...], exc: OSError) -> DestinationError:
+        rel = "/".join(parts)
+        return DestinationError(
+            f"{self.checker.archive}: cannot write {rel} under {self.dest_dir}: "
+            f"{exc.strerror or exc}"
+        )
+
+    def _collision(self, raw: str) -> ArchiveError:
+        return self.checker.refuse(
+            raw, "collides with another entry on this filesystem (case-insensitive?)"
+        )
+
+    def _mkdir(self, parts: tuple[str, ...], mode: int, raw: str) -> None:
+        path = self._path(parts)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            try:
+                is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+            except OSError as exc:
+                raise self._dest_error(parts, exc) from exc
+            if not is_dir:
+                raise self._collision(raw) from None
+        except OSError as exc:
+            raise self._dest_error(parts, exc) from exc
+        self._dirs.add(parts)
+
+    def _parents(self, parts: tuple[str, ...], raw: str) -> None:
+        for i in range(1, len(parts)):
+            if parts[:i] not in self._dirs:
+                self._mkdir(parts[:i], 0o755, raw)
+
+    def make_dir(
+        self, parts: tuple[str, ...], mode: int | None, mtime: float | None, raw: str
+    ) -> None:
+        self._parents(parts, raw)
+        if parts not in self._dirs:
+            self._mkdir(parts, _dir_mode(mode), raw)
+        ns = _mtime_ns(mtime)
+        if ns is not None:
+            self.dir_times.append((parts, ns))
+
+    def write_file(
+        self,
+        parts: tuple[str, ...],
+        chunks: Iterator[bytes],
+        mode: int | None,
+        mtime: float | None,
+        raw: str,
+    ) -> None:
+        self._parents(parts, raw)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self._path(parts), flags, _file_mode(mode))
+        except FileExistsError:
+            raise self._collision(raw) from None
+        except OSError as exc:
+            raise self._dest_error(parts, exc) from exc
+        try:
+            for chunk in chunks:  # the iterator raises ArchiveError for damaged data
+                self.checker.count_written(len(chunk), raw)
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        done = os.write(fd, view)
+                    except OSError as exc:
+                        raise self._dest_error(parts, exc) from exc
+                    view = view[done:]
+            ns = _mtime_ns(mtime)
+            if ns is not None:
+                try:
+                    os.utime(fd, ns=(ns, ns))
+                except OSError as exc:
+                    raise self._dest_error(parts, exc) from exc
+        finally:
+            os.close(fd)
+        self.files.append(parts)
+
+    def make_symlink(
+        self, parts: tuple[str, ...], target: str, mtime: float | None, raw: str
+    ) -> None:
+        self._parents(parts, raw)
+        path = self._path(parts)
+        try:
+            os.symlink(target, path)
+        except FileExistsError:
+            raise self._collision(raw) from None
+        except OSError as exc:
+            raise self._dest_error(parts, exc) from exc
+        ns = _mtime_ns(mtime)
+        if ns is not None and os.utime in os.supports_follow_symlinks:
+            try:
+                os.utime(path, ns=(ns, ns), follow_symlinks=False)
+            except OSError as exc:
+                raise self._dest_error(parts, exc) from exc
+
+    def make_hardlink(self, parts: tuple[str, ...], origin: tuple[str, ...], raw: str) -> None:
+        self._parents(parts, raw)
+        source = self._path(origin)
+        try:
+            os.link(source, self._path(parts), follow_symlinks=False)
+        except FileExistsError:
+            raise self._collision(raw) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise self._dest_error(parts, exc) from exc
+            # The filesystem has no hard links (FAT, some network shares): copy,
+            # counting the bytes like any other file.
+            try:
+                info = os.stat(source)
+                handle = open(source, "rb")  # noqa: SIM115 - closed below
+            except OSError as exc2:
+                raise self._dest_error(origin, exc2) from exc2
+            with handle:
+                self.write_file(
+                    parts, _local_chunks(handle, self, origin), info.st_mode, info.st_mtime, raw
+                )
+            return
+        self.files.append(parts)
+
+
+def _local_chunks(
+    handle: BinaryIO, writer: StagingWriter, parts: tuple[str, ...]
+) -> Iterator[bytes]:
+    while True:
+        try:
+            chunk = handle.read(READ_CHUNK)
+        except OSError as exc:
+            raise writer._dest_error(parts, exc) from exc
+        if not chunk:
+            return
+        yield chunk
+
+
+# --------------------------------------------------------------------------
+# Destination: conflict check and moving into place
+# --------------------------------------------------------------------------
+
+
+class DestinationCheck:
+    """Compares the entries with what is already in the destination (read only)."""
+
+    def __init__(self, dest_dir: Path, archive: str, *, overwrite: bool, fail_fast: bool) -> None:
+        self.dest_dir = dest_dir
+        self.archive = archive
+        self.overwrite = overwrite
+        self.fail_fast = fail_fast
+        self.is_dir: dict[tuple[str, ...], bool] = {(): True}  # exists in dest as a real dir
+        self.conflicts: list[str] = []
+
+    def add(self, entry: Entry) -> None:
+        parts = entry.parts
+        if not self.is_dir.get(parts[:-1], False):
+            self.is_dir[parts] = False  # parent is new (or replaced): nothing below it exists
+            return
+        path = os.path.join(self.dest_dir, *parts)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            self.is_dir[parts] = False
+            return
+        except OSError as exc:
+            raise DestinationError(
+                f"{self.archive}: cannot inspect {path}: {exc.strerror or exc}"
+            ) from exc
+        if stat.S_ISDIR(mode):
+            if entry.kind is EntryKind.DIR:
+                self.is_dir[parts] = True
+                return
+            raise DestinationError(
+                f"{self.archive}: cannot extract {entry.kind.value} {'/'.join(parts)}: "
+                f"{path} is an existing directory"
+            )
+        self.is_dir[parts] = False
+        self.conflicts.append("/".join(parts))
+        if self.fail_fast:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.conflicts and not self.overwrite:
+            shown = ", ".join(self.conflicts[:5])
+            more = f" and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
+            raise OverwriteConflictError(
+                f"{self.archive}: would replace {len(self.conflicts)} existing file(s) in "
+                f"{self.dest_dir}: {shown}{more} (overwrite is off)"
+            )
+
+
+def _move(src: str, dst: str) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # dst's parent is a mount point inside the destination: copy next to
+        # dst first, then rename, so dst still appears in one step.
+        tmp = os.path.join(os.path.dirname(dst), f"{_STAGING_PREFIX}{os.urandom(6).hex()}")
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, tmp, symlinks=True)
+        else:
+            shutil.copy2(src, tmp, follow_symlinks=False)
+        os.replace(tmp, dst)
+
+
+def _merge(staging: str, dest_dir: Path, archive: str, *, overwrite: bool) -> None:
+    """Move the staged tree into dest_dir; whole new subtrees move in one rename."""
+    stack: list[tuple[str, str]] = [(staging, str(dest_dir))]
+    while stack:
+        src_dir, dst_dir = stack.pop()
+        try:
+            with os.scandir(src_dir) as scan:
+                items = [
+                    (item.name, item.path, item.is_dir(follow_symlinks=False)) for item in scan
+                ]
+            for name, src, src_is_dir in items:
+                dst = os.path.join(dst_dir, name)
+                try:
+                    dst_mode: int | None = os.lstat(dst).st_mode
+                except FileNotFoundError:
+                    dst_mode = None
+                if dst_mode is None:
+                    _move(src, dst)
+                elif stat.S_ISDIR(dst_mode):
+                    if not src_is_dir:
+                        raise DestinationError(
+                            f"{archive}: {dst} became a directory during extraction"
+                        )
+                    stack.append((src, dst))
+                elif not overwrite:
+                    raise OverwriteConflictError(
+                        f"{archive}: {dst} appeared during extraction (overwrite is off)"
+                    )
+                else:
+                    if src_is_dir:
+                        os.unlink(dst)  # rename() cannot put a directory over a file
+                    _move(src, dst)
+        except OSError as exc:
+            raise DestinationError(
+                f"{archive}: cannot move extracted files into {dest_dir}: {exc.strerror or exc}"
+            ) from exc
+
+
+class StagingDirectory:
+    """A private directory inside dest_dir, always removed on exit.
+
+    Creates dest_dir (and missing parents) if needed; on failure removes the
+    directories it created, so a failed run leaves no trace.
+    """
+
+    def __init__(self, dest_dir: Path, archive: str) -> None:
+        self.dest_dir = dest_dir
+        self.archive = archive
+        self._created: list[Path] = []
+        self.path = ""
+
+    def __enter__(self) -> str:
+        missing: list[Path] = []
+        probe = self.dest_dir
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        try:
+            for directory in reversed(missing):
+                directory.mkdir()
+                self._created.append(directory)
+            self.path = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.dest_dir)
+        except OSError as exc:
+            self._remove_created()
+            raise DestinationError(
+                f"{self.archive}: cannot use destination {self.dest_dir}: {exc.strerror or exc}"
+            ) from exc
+        return self.path
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            shutil.rmtree(self.path)
+        except OSError as error:
+            raise DestinationError(
+                f"{self.archive}: cannot remove staging directory {self.path}: "
+                f"{error.strerror or error}"
+            ) from error
+        if exc_type is not None:
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for directory in reversed(self._created):
+            try:
+                directory.rmdir()
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    return  # someone else put something there: not ours to remove
+                raise
+
+
+def install_staged(
+    staging: str, dest_dir: Path, checker: EntryChecker, writer: StagingWriter, *, overwrite: bool
+) -> list[Path]:
+    """Move the staged tree into dest_dir; returns the final paths of the regular files."""
+    check = DestinationCheck(dest_dir, checker.archive, overwrite=overwrite, fail_fast=False)
+    for entry in checker.entries.values():
+        check.add(entry)
+    check.finish()
+    _merge(staging, dest_dir, checker.archive, overwrite=overwrite)
+    for parts, ns in writer.dir_times:
+        if not check.is_dir.get(parts, False):  # only directories this run created
+            try:
+                os.utime(os.path.join(dest_dir, *parts), ns=(ns, ns))
+            except OSError as exc:
+                raise writer._dest_error(parts, exc) from exc
+    return [Path(dest_dir, *parts) for parts in writer.files]
+
+
+def precheck_destination(dest_dir: Path, checker: EntryChecker, *, overwrite: bool) -> None:
+    """Compare every checked entry with dest_dir before anything is written."""
+    check = DestinationCheck(dest_dir, checker.archive, overwrite=overwrite, fail_fast=False)
+    for entry in checker.entries.values():
+        check.add(entry)
+    check.finish()
