@@ -18,12 +18,14 @@ from .archive_file import archive_member_paths, extract_archive
 from .checks import ExtractLimits
 from .kinds import ArchiveKind, detect_archive_kind, detect_archive_kind_of
 from .policy import normalize_member_path
+from .staging import StagedFile
 from .tar import extract_tar_stream
 from .zip import extract_zip_stream
 
 __all__ = [
     "ArchiveKind",
     "ExtractLimits",
+    "StagedFile",
     "archive_member_paths",
     "detect_archive_kind",
     "detect_archive_kind_of",

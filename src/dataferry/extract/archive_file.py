@@ -6,6 +6,7 @@ detected from the content (kinds.py); tar.py or zip.py then does the work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from dataferry._exceptions import ArchiveError
@@ -13,7 +14,7 @@ from dataferry._exceptions import ArchiveError
 from .checks import EntryChecker, EntryKind, ExtractLimits
 from .kinds import ArchiveKind, detect_archive_kind
 from .reading import open_archive
-from .staging import precheck_destination
+from .staging import Placement, StagedFile, precheck_destination
 from .tar import extract_tar, scan_tar_file
 from .zip import extract_zip, prepare_zip_member, scan_zip_directory
 
@@ -49,6 +50,8 @@ def extract_archive(
     overwrite: bool,
     limits: ExtractLimits = ExtractLimits(),  # noqa: B008 - frozen, so sharing the default is safe
     kind: ArchiveKind | None = None,
+    owned: frozenset[Path] = frozenset(),
+    before_install: Callable[[list[StagedFile]], None] | None = None,
 ) -> list[Path]:
     """Extract ``archive`` into ``dest_dir``, all or nothing.
 
@@ -58,6 +61,7 @@ def extract_archive(
     in place), OverwriteConflictError (before anything is moved) or
     DestinationError.
     """
+    placement = Placement(overwrite, owned, before_install)
     if kind is None:
         kind = detect_archive_kind(archive)
         if kind is None:
@@ -65,7 +69,7 @@ def extract_archive(
     if kind is not ArchiveKind.ZIP:
         # First pass: every header and the stream's CRC, before writing a byte.
         scanned = scan_tar_file(archive, kind, limits)
-        precheck_destination(dest_dir, scanned, overwrite=overwrite)
+        precheck_destination(dest_dir, scanned, placement=placement)
         handle, _ = open_archive(archive)
         with handle:
             return extract_tar(
@@ -73,7 +77,7 @@ def extract_archive(
                 dest_dir,
                 name=archive.name,
                 compression=kind,
-                overwrite=overwrite,
+                placement=placement,
                 limits=limits,
                 early_conflict_check=False,  # the pre-scan already compared everything
             )
@@ -85,7 +89,7 @@ def extract_archive(
             size,
             dest_dir,
             name=archive.name,
-            overwrite=overwrite,
+            placement=placement,
             limits=limits,
             prescan=True,
         )

@@ -10,12 +10,14 @@ checked entries with what already exists in the destination (read only);
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -26,6 +28,34 @@ from .checks import Entry, EntryChecker, EntryKind
 from .reading import READ_CHUNK
 
 _STAGING_PREFIX = ".dataferry-extract-"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A regular file extraction is about to move into place."""
+
+    relative: str  # POSIX path under the destination
+    size: int
+    mtime: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What extraction may replace in the destination, and who hears before it does.
+
+    owned: existing files dataferry wrote (recorded and unchanged since): they
+    are replaced even when overwrite is off. before_install: called with every
+    staged file right before the first one moves into place (the manifest's
+    intent record), so a crash during the move leaves them known.
+    """
+
+    overwrite: bool
+    owned: frozenset[Path] = frozenset()
+    before_install: Callable[[list[StagedFile]], None] | None = None
+
+    def may_replace(self, path: str | Path) -> bool:
+        return self.overwrite or Path(path) in self.owned
 
 
 def _file_mode(mode: int | None) -> int:
@@ -62,6 +92,8 @@ class StagingWriter:
         self.dest_dir = dest_dir
         self._dirs: set[tuple[str, ...]] = {()}
         self.files: list[tuple[str, ...]] = []
+        # size and sha256 of each regular file, computed while writing it
+        self.digests: dict[tuple[str, ...], tuple[int, str]] = {}
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
 
     def _path(self, parts: tuple[str, ...]) -> str:
@@ -125,9 +157,13 @@ class StagingWriter:
             raise self._collision(raw) from None
         except OSError as exc:
             raise self._dest_error(parts, exc) from exc
+        digest = hashlib.sha256()
+        size = 0
         try:
             for chunk in chunks:  # the iterator raises ArchiveError for damaged data
                 self.checker.count_written(len(chunk), raw)
+                digest.update(chunk)
+                size += len(chunk)
                 view = memoryview(chunk)
                 while view:
                     try:
@@ -144,6 +180,7 @@ class StagingWriter:
         finally:
             os.close(fd)
         self.files.append(parts)
+        self.digests[parts] = (size, digest.hexdigest())
 
     def make_symlink(
         self, parts: tuple[str, ...], target: str, mtime: float | None, raw: str
@@ -186,6 +223,7 @@ class StagingWriter:
                 )
             return
         self.files.append(parts)
+        self.digests[parts] = self.digests[origin]
 
 
 def _local_chunks(
@@ -209,10 +247,12 @@ def _local_chunks(
 class DestinationCheck:
     """Compares the entries with what is already in the destination (read only)."""
 
-    def __init__(self, dest_dir: Path, archive: str, *, overwrite: bool, fail_fast: bool) -> None:
+    def __init__(
+        self, dest_dir: Path, archive: str, *, placement: Placement, fail_fast: bool
+    ) -> None:
         self.dest_dir = dest_dir
         self.archive = archive
-        self.overwrite = overwrite
+        self.placement = placement
         self.fail_fast = fail_fast
         self.is_dir: dict[tuple[str, ...], bool] = {(): True}  # exists in dest as a real dir
         self.conflicts: list[str] = []
@@ -241,12 +281,14 @@ class DestinationCheck:
                 f"{path} is an existing directory"
             )
         self.is_dir[parts] = False
+        if Path(path) in self.placement.owned:
+            return  # dataferry's own result from an earlier run: replaced without asking
         self.conflicts.append("/".join(parts))
         if self.fail_fast:
             self.finish()
 
     def finish(self) -> None:
-        if self.conflicts and not self.overwrite:
+        if self.conflicts and not self.placement.overwrite:
             shown = ", ".join(self.conflicts[:5])
             more = f" and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
             raise OverwriteConflictError(
@@ -271,7 +313,7 @@ def _move(src: str, dst: str) -> None:
         os.replace(tmp, dst)
 
 
-def _merge(staging: str, dest_dir: Path, archive: str, *, overwrite: bool) -> None:
+def _merge(staging: str, dest_dir: Path, archive: str, *, placement: Placement) -> None:
     """Move the staged tree into dest_dir; whole new subtrees move in one rename."""
     stack: list[tuple[str, str]] = [(staging, str(dest_dir))]
     while stack:
@@ -295,7 +337,7 @@ def _merge(staging: str, dest_dir: Path, archive: str, *, overwrite: bool) -> No
                             f"{archive}: {dst} became a directory during extraction"
                         )
                     stack.append((src, dst))
-                elif not overwrite:
+                elif not placement.may_replace(dst):
                     raise OverwriteConflictError(
                         f"{archive}: {dst} appeared during extraction (overwrite is off)"
                     )
@@ -367,14 +409,21 @@ class StagingDirectory:
 
 
 def install_staged(
-    staging: str, dest_dir: Path, checker: EntryChecker, writer: StagingWriter, *, overwrite: bool
+    staging: str,
+    dest_dir: Path,
+    checker: EntryChecker,
+    writer: StagingWriter,
+    *,
+    placement: Placement,
 ) -> list[Path]:
     """Move the staged tree into dest_dir; returns the final paths of the regular files."""
-    check = DestinationCheck(dest_dir, checker.archive, overwrite=overwrite, fail_fast=False)
+    check = DestinationCheck(dest_dir, checker.archive, placement=placement, fail_fast=False)
     for entry in checker.entries.values():
         check.add(entry)
     check.finish()
-    _merge(staging, dest_dir, checker.archive, overwrite=overwrite)
+    if placement.before_install is not None:
+        placement.before_install(_staged_files(staging, writer))
+    _merge(staging, dest_dir, checker.archive, placement=placement)
     for parts, ns in writer.dir_times:
         if not check.is_dir.get(parts, False):  # only directories this run created
             try:
@@ -384,9 +433,18 @@ def install_staged(
     return [Path(dest_dir, *parts) for parts in writer.files]
 
 
-def precheck_destination(dest_dir: Path, checker: EntryChecker, *, overwrite: bool) -> None:
+def _staged_files(staging: str, writer: StagingWriter) -> list[StagedFile]:
+    staged = []
+    for parts in writer.files:
+        size, sha256 = writer.digests[parts]
+        mtime = int(os.lstat(os.path.join(staging, *parts)).st_mtime)
+        staged.append(StagedFile("/".join(parts), size, mtime, sha256))
+    return staged
+
+
+def precheck_destination(dest_dir: Path, checker: EntryChecker, *, placement: Placement) -> None:
     """Compare every checked entry with dest_dir before anything is written."""
-    check = DestinationCheck(dest_dir, checker.archive, overwrite=overwrite, fail_fast=False)
+    check = DestinationCheck(dest_dir, checker.archive, placement=placement, fail_fast=False)
     for entry in checker.entries.values():
         check.add(entry)
     check.finish()

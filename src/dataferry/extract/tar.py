@@ -18,7 +18,14 @@ from typing import IO, BinaryIO, Self, cast
 from .checks import EntryChecker, EntryKind, ExtractLimits
 from .kinds import ArchiveKind, open_tar_stream
 from .reading import READ_CHUNK, READ_ERRORS, error_detail, open_archive
-from .staging import DestinationCheck, StagingDirectory, StagingWriter, install_staged
+from .staging import (
+    DestinationCheck,
+    Placement,
+    StagedFile,
+    StagingDirectory,
+    StagingWriter,
+    install_staged,
+)
 
 # Not in typeshed, but in tarfile since Python 2.  Kept: the public HeaderError also
 # covers the end-of-archive block, and no documented name tells these three apart from it.
@@ -208,7 +215,7 @@ def extract_tar(
     *,
     name: str,
     compression: ArchiveKind,
-    overwrite: bool,
+    placement: Placement,
     limits: ExtractLimits,
     early_conflict_check: bool,
 ) -> list[Path]:
@@ -223,7 +230,7 @@ def extract_tar(
     checker = EntryChecker(name, limits, lambda: counter.count)
     if early_conflict_check:
         # Stop at the first conflict rather than after a long download.
-        early = DestinationCheck(dest_dir, name, overwrite=overwrite, fail_fast=True)
+        early = DestinationCheck(dest_dir, name, placement=placement, fail_fast=True)
         checker.on_new_entry = early.add
     with StagingDirectory(dest_dir, name) as staging:
         writer = StagingWriter(staging, checker, dest_dir)
@@ -235,7 +242,7 @@ def extract_tar(
             _walk_tar(stream, checker, writer)
         finally:
             stream.close()  # stops a threaded decompressor's worker
-        return install_staged(staging, dest_dir, checker, writer, overwrite=overwrite)
+        return install_staged(staging, dest_dir, checker, writer, placement=placement)
 
 
 def extract_tar_stream(
@@ -246,6 +253,8 @@ def extract_tar_stream(
     compression: ArchiveKind,
     overwrite: bool,
     limits: ExtractLimits,
+    owned: frozenset[Path] = frozenset(),
+    before_install: Callable[[list[StagedFile]], None] | None = None,
 ) -> list[Path]:
     """Extract a tar read sequentially from ``fileobj`` (only ``read`` is used).
 
@@ -259,7 +268,7 @@ def extract_tar_stream(
         dest_dir,
         name=name,
         compression=compression,
-        overwrite=overwrite,
+        placement=Placement(overwrite, owned, before_install),
         limits=limits,
         early_conflict_check=True,
     )

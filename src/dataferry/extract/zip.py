@@ -16,7 +16,7 @@ import struct
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +26,14 @@ from isal import isal_zlib
 from .checks import EntryChecker, EntryKind, ExtractLimits
 from .policy import MAX_PATH_BYTES, Refused, canonical_link_target, display_name
 from .reading import ISAL_ERROR, READ_CHUNK, READ_ERRORS, error_detail
-from .staging import StagingDirectory, StagingWriter, install_staged, precheck_destination
+from .staging import (
+    Placement,
+    StagedFile,
+    StagingDirectory,
+    StagingWriter,
+    install_staged,
+    precheck_destination,
+)
 
 _OUT_CHUNK = 1 << 20  # most decompressed bytes per call: bounds memory on bombs, stays in cache
 
@@ -328,7 +335,7 @@ def extract_zip(
     dest_dir: Path,
     *,
     name: str,
-    overwrite: bool,
+    placement: Placement,
     limits: ExtractLimits,
     prescan: bool,
 ) -> list[Path]:
@@ -343,7 +350,7 @@ def extract_zip(
         # A file on disk: every local header and symlink target, before writing.
         for member in members:
             prepare_zip_member(handle, member, archive_size, checker)
-    precheck_destination(dest_dir, checker, overwrite=overwrite)
+    precheck_destination(dest_dir, checker, placement=placement)
     with StagingDirectory(dest_dir, name) as staging:
         writer = StagingWriter(staging, checker, dest_dir)
         for member in members:
@@ -364,7 +371,7 @@ def extract_zip(
                     member.mtime,
                     member.raw,
                 )
-        return install_staged(staging, dest_dir, checker, writer, overwrite=overwrite)
+        return install_staged(staging, dest_dir, checker, writer, placement=placement)
 
 
 def extract_zip_stream(
@@ -375,6 +382,8 @@ def extract_zip_stream(
     name: str,
     overwrite: bool,
     limits: ExtractLimits,
+    owned: frozenset[Path] = frozenset(),
+    before_install: Callable[[list[StagedFile]], None] | None = None,
 ) -> list[Path]:
     """Extract a zip from a seekable ``fileobj`` of ``size`` bytes that may still be arriving.
 
@@ -384,5 +393,11 @@ def extract_zip_stream(
     all or nothing.  Returns the final paths of the regular files.
     """
     return extract_zip(
-        fileobj, size, dest_dir, name=name, overwrite=overwrite, limits=limits, prescan=False
+        fileobj,
+        size,
+        dest_dir,
+        name=name,
+        placement=Placement(overwrite, owned, before_install),
+        limits=limits,
+        prescan=False,
     )

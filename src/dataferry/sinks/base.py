@@ -9,7 +9,7 @@ through a staging area that commits all or nothing.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -103,6 +103,7 @@ class Sink(abc.ABC):
         overwrite: bool,
         owned: frozenset[str],
         limits: ExtractLimits,
+        before_install: Callable[[list[Extracted]], None] | None = None,
     ) -> list[Extracted]:
         """Extract the committed archive at relative beside it, all or nothing.
 
@@ -121,8 +122,13 @@ class Sink(abc.ABC):
         overwrite: bool,
         owned: frozenset[str],
         limits: ExtractLimits,
+        before_install: Callable[[list[Extracted]], None] | None = None,
     ) -> list[Extracted]:
-        """Extract an archive arriving as stream (seekable forward), all or nothing."""
+        """Extract an archive arriving as stream (seekable forward), all or nothing.
+
+        before_install hears every result (digests computed while writing) right
+        before the first one becomes visible: the manifest's intent record.
+        """
 
     @abc.abstractmethod
     def open_result(self, relative: str) -> BinaryIO:

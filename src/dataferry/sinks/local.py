@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ from .._exceptions import DestinationError, TransientError
 from ..extract import (
     ArchiveKind,
     ExtractLimits,
+    StagedFile,
     detect_archive_kind,
     extract_archive,
     extract_tar_stream,
@@ -274,9 +275,25 @@ class LocalPartWriter(PartWriter):
         self.meta.unlink(missing_ok=True)
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+class _Staged:
+    """Receives extraction's staged files (digests computed while writing) before they
+    move into place, as results relative to the sink's root."""
+
+    def __init__(
+        self,
+        root: Path,
+        folder: Path,
+        then: Callable[[list[Extracted]], None] | None,
+    ) -> None:
+        self.prefix = folder.relative_to(root).as_posix() if folder != root else ""
+        self.then = then
+        self.results: list[Extracted] = []
+
+    def __call__(self, staged: list[StagedFile]) -> None:
+        join = (lambda p: f"{self.prefix}/{p}") if self.prefix not in ("", ".") else (lambda p: p)
+        self.results = [Extracted(join(f.relative), f.size, f.mtime, f.sha256) for f in staged]
+        if self.then is not None:
+            self.then(self.results)
 
 
 class LocalSink(Sink):
@@ -363,20 +380,6 @@ class LocalSink(Sink):
         except OSError as exc:
             raise destination_error(path, exc) from None
 
-    def _results(self, paths: list[Path]) -> list[Extracted]:
-        results = []
-        for path in paths:
-            found = path.stat()
-            results.append(
-                Extracted(
-                    path.relative_to(self.root).as_posix(),
-                    found.st_size,
-                    int(found.st_mtime),
-                    _sha256_of(path),
-                )
-            )
-        return results
-
     def extract_file(
         self,
         relative: str,
@@ -385,12 +388,20 @@ class LocalSink(Sink):
         overwrite: bool,
         owned: frozenset[str],
         limits: ExtractLimits,
+        before_install: Callable[[list[Extracted]], None] | None = None,
     ) -> list[Extracted]:
         archive = self.root / relative
-        paths = extract_archive(
-            archive, archive.parent, overwrite=overwrite, owned=self._owned(owned), limits=limits, kind=kind
+        staged = _Staged(self.root, archive.parent, before_install)
+        extract_archive(
+            archive,
+            archive.parent,
+            overwrite=overwrite,
+            owned=self._owned(owned),
+            before_install=staged,
+            limits=limits,
+            kind=kind,
         )
-        return self._results(paths)
+        return staged.results
 
     def extract_stream(
         self,
@@ -402,29 +413,33 @@ class LocalSink(Sink):
         overwrite: bool,
         owned: frozenset[str],
         limits: ExtractLimits,
+        before_install: Callable[[list[Extracted]], None] | None = None,
     ) -> list[Extracted]:
         archive = self.root / relative
+        staged = _Staged(self.root, archive.parent, before_install)
         if kind is ArchiveKind.ZIP:
-            paths = extract_zip_stream(
+            extract_zip_stream(
                 stream,
                 size,
                 archive.parent,
                 name=archive.name,
                 overwrite=overwrite,
                 owned=self._owned(owned),
+                before_install=staged,
                 limits=limits,
             )
         else:
-            paths = extract_tar_stream(
+            extract_tar_stream(
                 stream,
                 archive.parent,
                 name=archive.name,
                 compression=kind,
                 overwrite=overwrite,
                 owned=self._owned(owned),
+                before_install=staged,
                 limits=limits,
             )
-        return self._results(paths)
+        return staged.results
 
     def _owned(self, owned: frozenset[str]) -> frozenset[Path]:
         return frozenset(self.root / relative for relative in owned)
