@@ -59,6 +59,18 @@ class OverwriteConflictError(DestinationError):
     """overwrite is false and the run would replace existing files."""
 
 
+class DriftError(DataferryError):
+    """verify found recorded files missing or changed on disk."""
+
+    exit_code = 8
+
+
+class FrozenError(DataferryError):
+    """--frozen: the remote or the local data differs from what the manifest pins."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error",
@@ -68,6 +80,8 @@ EXIT_CODES: dict[int, str] = {
     5: "transfer failed after the last retry",
     6: "corrupt, unreadable or refused archive",
     7: "destination problem: would overwrite, disk full, not writable",
+    8: "verify found missing or changed files",
+    9: "--frozen: the remote or the local data differs from the manifest",
     130: "interrupted",
 }
 
