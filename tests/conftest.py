@@ -86,3 +86,14 @@ def password_user(sshd_server: OpenSSHServer) -> tuple[str, str]:
         pytest.skip("password login to sshd needs a throwaway user, which needs root")
     ensure_password_user(sshd_server.password)
     return sshd_server.password_user, sshd_server.password
+
+
+@pytest.fixture(autouse=True)
+def manifest_path(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test records into its own manifest, outside the folders it inspects
+    (DATAFERRY_MANIFEST; also inherited by the command lines tests start)."""
+    path = tmp_path_factory.mktemp("manifest") / "dataferry.manifest.json"
+    monkeypatch.setenv("DATAFERRY_MANIFEST", str(path))
+    return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dataferry._state import is_bookkeeping
+from dataferry.sinks.local import is_bookkeeping
 from faults import FaultProxy
 from remote import REPO, Remote, run_args, run_cli, through
 
@@ -180,7 +180,12 @@ def test_exit_codes(remote: Remote, tmp_path: Path) -> None:
     assert run_cli([*dataferry, "ok"], env, tmp_path).returncode == 0
     again = run_cli([*dataferry, "ok"], env, tmp_path)  # unchanged remote: skipped, no conflict
     assert again.returncode == 0 and "1 already up to date" in again.stdout
-    assert_one_line_error(run_cli([*dataferry, "ok", "--force"], env, tmp_path), 7, "already exist")
+    # --force with overwrite false: dataferry's own, unchanged result is fetched again.
+    assert run_cli([*dataferry, "ok", "--force"], env, tmp_path).returncode == 0
+    (tmp_path / "out/a.csv").write_text("edited by hand")  # now the user's: protected
+    assert_one_line_error(
+        run_cli([*dataferry, "ok", "--force"], env, tmp_path), 7, "changed since dataferry wrote it"
+    )
     closed = {**env, "REMOTE_PORT": "1"}
     assert_one_line_error(
         run_cli([*dataferry, "ok", "--overwrite", "true", "--max_tries", "2"], closed, tmp_path),

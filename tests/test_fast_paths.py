@@ -7,6 +7,7 @@ No timings are asserted here: `make bench` measures speed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import io
 import sys
 import tarfile
@@ -16,21 +17,13 @@ from pathlib import Path
 import pytest
 
 from dataferry import ArchiveError, OverwriteConflictError, TaskObserver, run_task
-from dataferry._state import is_bookkeeping
-from dataferry._tasks import OVERLAP_MIN_BYTES
+from dataferry.sinks.local import is_bookkeeping
+from dataferry.engine.run import OVERLAP_MIN_BYTES
 from faults import FaultPlan, FaultProxy
 from remote import REPO, Remote, random_bytes, settings_for, through
 
 sys.path.insert(0, str(REPO))
 from bench.proxy import ProxyThread
-
-
-class States(TaskObserver):
-    def __init__(self) -> None:
-        self.states: list[str] = []
-
-    def state_changed(self, task: str, state: str) -> None:
-        self.states.append(state)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -81,10 +74,9 @@ def test_far_link_file_folder_and_archives(remote: Remote, tmp_path: Path) -> No
         asyncio.run(run_task(settings_for(remote.path(big), tmp_path / "big.bin"), far))
         asyncio.run(run_task(settings_for(remote.path(folder), tmp_path / "many"), far))
         for archive in (targz, azip):
-            observer = States()
             save = tmp_path / archive.stem / archive.name
-            asyncio.run(run_task(settings_for(remote.path(archive), save), far, observer))
-            assert "transferring+extracting" in observer.states  # the overlapped path ran
+            report = asyncio.run(run_task(settings_for(remote.path(archive), save), far))
+            assert report.extracted_while_downloading == [save]  # the overlapped path ran
             assert tree(save.parent) == members
     assert (tmp_path / "big.bin").read_bytes() == big.read_bytes()
     assert tree(tmp_path / "many") == tree(folder)
@@ -109,7 +101,7 @@ def test_reset_during_overlapped_extraction_resumes(remote: Remote, tmp_path: Pa
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
 def test_hostile_archive_refused_while_downloading(
-    remote: Remote, tmp_path: Path, kind: str
+    remote: Remote, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     members = {"ok.bin": random_bytes(OVERLAP_MIN_BYTES + 10, 5), "../escape.txt": b"no"}
     writer = write_zip if kind == "zip" else write_tar_gz
@@ -117,14 +109,10 @@ def test_hostile_archive_refused_while_downloading(
     dest = tmp_path / "inner" / "dest"
     dest.mkdir(parents=True)
     (dest / "keep.txt").write_text("mine")
-    observer = States()
+    caplog.set_level(logging.DEBUG, logger="dataferry.tee")
     with pytest.raises(ArchiveError, match=r"\.\./escape\.txt"):
-        asyncio.run(
-            run_task(
-                settings_for(remote.path(archive), dest / archive.name), remote.connection, observer
-            )
-        )
-    assert "transferring+extracting" in observer.states
+        asyncio.run(run_task(settings_for(remote.path(archive), dest / archive.name), remote.connection))
+    assert any("while it downloads" in r.getMessage() for r in caplog.records)
     assert tree(dest) == {"keep.txt": b"mine", archive.name: archive.read_bytes()}
     assert not (tmp_path / "inner" / "escape.txt").exists()
     assert not [p for p in dest.iterdir() if p.name.startswith(".dataferry-extract")]

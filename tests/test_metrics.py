@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataferry._metrics import STATES, MetricsServer
-from dataferry._observer import ObserverGroup
+from dataferry.observe.metrics import STATES, MetricsServer
+from dataferry.observe import ObserverGroup
 
 
 class FakeClock:
@@ -104,14 +104,14 @@ def test_a_task_run_is_reflected(server: MetricsServer, clock: FakeClock) -> Non
     assert value(server, "dataferry_files_total", "task_2") == 2
 
     # The second file resumes a partial download at 500 bytes.
-    server.file_started("/remote/a.csv", 1000, 0)
-    server.file_started("/remote/b.csv", 2000, 500)
+    server.file_started("task_2", "/remote/a.csv", 1000, 0)
+    server.file_started("task_2", "/remote/b.csv", 2000, 500)
     clock.now += 1.0
-    server.bytes_received("/remote/a.csv", 400)
-    server.bytes_received("/remote/b.csv", 600)
+    server.bytes_received("task_2", "/remote/a.csv", 400)
+    server.bytes_received("task_2", "/remote/b.csv", 600)
     clock.now += 1.0
-    server.bytes_received("/remote/a.csv", 600)
-    server.file_finished("/remote/a.csv", "/data/a.csv", 1000)
+    server.bytes_received("task_2", "/remote/a.csv", 600)
+    server.file_finished("task_2", "/remote/a.csv", "/data/a.csv", 1000)
 
     assert value(server, "dataferry_bytes_done", "task_2") == 1000 + 500 + 600
     assert value(server, "dataferry_files_done", "task_2") == 1
@@ -123,9 +123,9 @@ def test_a_task_run_is_reflected(server: MetricsServer, clock: FakeClock) -> Non
     assert value(server, "dataferry_retries_total", "task_2") == 1
     assert current_state(server, "task_2") == "connecting"
 
-    server.file_started("/remote/b.csv", 2000, 1100)
-    server.bytes_received("/remote/b.csv", 900)
-    server.file_finished("/remote/b.csv", "/data/b.csv", 2000)
+    server.file_started("task_2", "/remote/b.csv", 2000, 1100)
+    server.bytes_received("task_2", "/remote/b.csv", 900)
+    server.file_finished("task_2", "/remote/b.csv", "/data/b.csv", 2000)
     server.state_changed("task_2", "extracting")
     server.state_changed("task_2", "done")
     server.task_finished("task_2", 2, 3000 - 500, 2.5)
@@ -141,10 +141,10 @@ def test_rate_forgets_old_bytes(server: MetricsServer, clock: FakeClock) -> None
     server.task_started("task_1")
     server.plan_ready("task_1", 1, 10**9)
     server.state_changed("task_1", "transferring")
-    server.file_started("/r/big", 10**9, 0)
+    server.file_started("task_1", "/r/big", 10**9, 0)
     for _ in range(10):
         clock.now += 1.0
-        server.bytes_received("/r/big", 1_000_000)
+        server.bytes_received("task_1", "/r/big", 1_000_000)
     # 10 MB over 10 s, but only the last 5 s count: 5 MB / 5 s.
     assert value(server, "dataferry_rate_bytes_per_second", "task_1") == pytest.approx(1_000_000)
     clock.now += 60
@@ -164,9 +164,9 @@ def test_several_tasks_are_labelled_apart(server: MetricsServer) -> None:
     for task, size in (("task_1", 10), ("task_2", 20)):
         server.task_started(task)
         server.plan_ready(task, 1, size)
-        server.file_started(f"/r/{task}", size, 0)
-        server.bytes_received(f"/r/{task}", size)
-        server.file_finished(f"/r/{task}", f"/l/{task}", size)
+        server.file_started(task, f"/r/{task}", size, 0)
+        server.bytes_received(task, f"/r/{task}", size)
+        server.file_finished(task, f"/r/{task}", f"/l/{task}", size)
         server.task_finished(task, 1, size, 0.1)
     assert value(server, "dataferry_bytes_done", "task_1") == 10
     assert value(server, "dataferry_bytes_done", "task_2") == 20
@@ -180,10 +180,10 @@ def test_events_from_another_thread_while_scraping(server: MetricsServer) -> Non
     def feed() -> None:
         for n in range(4):
             path = f"/r/{n}"
-            server.file_started(path, 100_000, 0)
+            server.file_started("task_1", path, 100_000, 0)
             for _ in range(100):
-                server.bytes_received(path, 1000)
-            server.file_finished(path, f"/l/{n}", 100_000)
+                server.bytes_received("task_1", path, 1000)
+            server.file_finished("task_1", path, f"/l/{n}", 100_000)
 
     feeder = threading.Thread(target=feed)
     feeder.start()

@@ -50,15 +50,3 @@ def test_command_line_loads_no_ssh_or_validation_library_up_front() -> None:
         "print(sorted(m for m in ('asyncssh', 'pydantic', 'isal') if m in sys.modules))"
     )
     assert loaded == "[]"
-
-
-def test_asyncssh_is_always_loaded_without_its_library_search() -> None:
-    """Whichever dataferry module loads asyncssh first, _startup.py's patch is in
-    place: asyncssh's search for liboqs ran ldconfig and gcc on every start."""
-    for module in ("dataferry._ssh", "dataferry._downloads", "dataferry._server"):
-        searched = _fresh_python(
-            "import ctypes.util; seen = []; original = ctypes.util.find_library; "
-            "ctypes.util.find_library = lambda name: (seen.append(name), original(name))[1]; "
-            f"import {module}; print(sorted(set(seen)))"
-        )
-        assert "oqs" not in searched and "liboqs" not in searched, (module, searched)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dataferry._progress import LogProgress
+from dataferry.observe.progress import LogProgress
 from remote import Remote, run_args
 
 
@@ -52,7 +52,7 @@ def test_log_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     progress.plan_ready("t", 1, 10**9)
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
-        progress.bytes_received("/f", 1)
+        progress.bytes_received("t", "/f", 1)
     lines = [r.getMessage() for r in caplog.records if "of 1.0 GB" in r.getMessage()]
     # ~0.5 s at most one line per 0.2 s: 1 to 3 lines, never one per call.
     assert 1 <= len(lines) <= 3

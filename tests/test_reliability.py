@@ -27,7 +27,7 @@ from dataferry import (
     run_task,
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy
-from dataferry._downloads import part_path
+from dataferry.sinks.local import lock_path, part_path
 from faults import FaultPlan, FaultProxy
 from remote import (
     REPO,
@@ -59,7 +59,7 @@ class Starts(TaskObserver):
         self.offsets: list[int] = []
         self.retries = 0
 
-    def file_started(self, remote_path: str, size: int, offset: int) -> None:
+    def file_started(self, task: str, remote_path: str, size: int, offset: int) -> None:
         self.offsets.append(offset)
 
     def retrying(self, task: str, attempt: int, max_tries: int, delay: float, error: str) -> None:
@@ -220,7 +220,7 @@ def test_disk_full_is_exit_7_and_resumable(remote: Remote, tmp_path: Path) -> No
 def test_second_run_waits_for_the_lock(remote: Remote, tmp_path: Path) -> None:
     source = random_file(remote.root / "l.bin", 1 << 20)
     save = tmp_path / "l.bin"
-    lock = FileLock(tmp_path / ".l.bin.dataferry.lock")
+    lock = FileLock(lock_path(save))  # outside the data: the user's runtime folder
     with lock:
         process = subprocess.Popen(
             [sys.executable, *run_args(save, remote.path(source))],

@@ -26,16 +26,16 @@ from dataferry import (
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._server import EmbeddedSFTPServer, _ReadOnlySFTPServer
-from dataferry._ssh import RemoteFile, _host_label
-from dataferry._state import is_bookkeeping
-from dataferry._tasks import (
+from dataferry.engine.run import OVERLAP_MIN_BYTES
+from dataferry.plan import PlannedFile, files_in_flight
+from dataferry.plan.planning import (
     FAR_SMALL_FILES_IN_FLIGHT,
     FILES_IN_FLIGHT,
-    OVERLAP_MIN_BYTES,
     SMALL_FILES_IN_FLIGHT,
-    PlannedFile,
-    files_in_flight,
 )
+from dataferry.sinks.local import is_bookkeeping
+from dataferry.sources import RemoteFile
+from dataferry.sources.ssh.session import _host_label
 from remote import Remote, random_bytes, sshd_connection
 from sshd import OpenSSHServer
 
@@ -48,7 +48,7 @@ class Recorder(TaskObserver):
     def retrying(self, task: str, attempt: int, max_tries: int, delay: float, error: str) -> None:
         self.retries.append(error)
 
-    def file_finished(self, remote_path: str, local_path: str, size: int) -> None:
+    def file_finished(self, task: str, remote_path: str, local_path: str, size: int) -> None:
         self.finished.append(remote_path)
 
 
@@ -192,7 +192,7 @@ def test_overwrite_false_refuses_before_transferring(remote: Remote, tmp_path: P
     save.mkdir()  # an existing folder alone is no conflict
     (save / "b.csv").write_text("old b")
     before = snapshot(save)
-    with pytest.raises(OverwriteConflictError, match=r"1 file\(s\) already exist: .*b\.csv"):
+    with pytest.raises(OverwriteConflictError, match=r"1 file\(s\) already exist .*b\.csv"):
         run(task(remote, folder, save, overwrite=False), remote.connection)
     assert snapshot(save) == before
     assert sorted(p.name for p in save.iterdir()) == ["b.csv"]
@@ -366,7 +366,7 @@ class _Link:
 def test_files_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     def planned(size: int, count: int = 300) -> list[PlannedFile]:
         remote = RemoteFile("/r/x", size, 0)
-        return [PlannedFile(remote, Path("x"))] * count
+        return [PlannedFile(remote, "x")] * count
 
     def in_flight(link: _Link, size: int) -> int:
         return files_in_flight(link, planned(size))  # type: ignore[arg-type]

@@ -97,17 +97,7 @@ def decide(
     for item in todo:
         if not sink.exists(item.relative) or item.relative in owned:
             continue
-        held = sink.held(item.relative)
         recorded = item.relative in changed
-        if (
-            not recorded
-            and held is not None
-            and (held.size, held.mtime) == (item.remote.size, item.remote.mtime)
-        ):
-            # A complete download of this very file whose record was lost (the
-            # run was killed before recording it): dataferry's own.
-            owned.add(item.relative)
-            continue
         clashes.append(
             f"{sink.describe(item.relative)} (changed since dataferry wrote it)"
             if recorded

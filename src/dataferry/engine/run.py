@@ -26,7 +26,7 @@ from tenacity import (
 
 from .._connection import ConnectionSettings
 from .._exceptions import FrozenError, TransferError, TransientError
-from .._settings import TaskSettings
+from .._settings import TaskSettings, default_manifest_path
 from ..extract import ArchiveKind, ExtractLimits
 from ..manifest import Entry, ManifestStore
 from ..observe import TaskObserver, TaskState
@@ -55,6 +55,8 @@ class TaskReport:
     extracted: list[Path] = field(default_factory=list)
     removed_archives: list[Path] = field(default_factory=list)
     up_to_date: list[Path] = field(default_factory=list)
+    # Archives extracted while they downloaded (the rest after their download).
+    extracted_while_downloading: list[Path] = field(default_factory=list)
     bytes_transferred: int = 0
     tries: int = 0
     seconds: float = 0.0
@@ -91,8 +93,7 @@ class _TaskRun:
         self.connector = connector
         self.observer = observer
         self.report = TaskReport(settings.name)
-        assert settings.manifest is not None  # resolve_task fills it in
-        self.store = ManifestStore(settings.manifest)
+        self.store = ManifestStore(settings.manifest or default_manifest_path(None))
         self.sink: Sink | None = None
         self.plan: Plan | None = None
         self.decisions: Decisions | None = None
@@ -315,7 +316,9 @@ class _TaskRun:
             item = fetched.item
             path = self._local(item)
             results = fetched.early
-            if results is None:
+            if results is not None:
+                self.report.extracted_while_downloading.append(path)
+            else:
                 kind = self._archive_kind(fetched)
                 if kind is None:
                     continue  # a plain file: recorded with the downloads

@@ -8,7 +8,7 @@ character in a name) is refused when it is built, with :class:`ValueError`.
 
 Paths:
 
-* ``SourceRecord.path`` is the remote path: absolute (starts with ``/``).
+* ``SourceRecord.path`` is the remote path (relative ones are relative to the login's home).
 * ``ResultRecord.path`` and ``Entry.archive`` are POSIX paths relative to the
   task's destination folder, in canonical form: no empty, ``.`` or ``..``
   component, no leading or trailing ``/``.
@@ -55,9 +55,12 @@ def relative_path_problem(path: str) -> str | None:
 
 
 def remote_path_problem(path: str) -> str | None:
-    """Why ``path`` is not an acceptable remote absolute path, or None."""
-    if not path.startswith("/"):
-        return "remote path must be absolute (start with '/')"
+    """Why ``path`` is not an acceptable remote path, or None.
+
+    Relative remote paths are relative to the login's home folder, as in sftp.
+    """
+    if not path:
+        return "empty path"
     return control_character_problem(path)
 
 
