@@ -55,7 +55,7 @@ def test_command_line_loads_no_ssh_or_validation_library_up_front() -> None:
 def test_asyncssh_is_always_loaded_without_its_library_search() -> None:
     """Whichever dataferry module loads asyncssh first, _startup.py's patch is in
     place: asyncssh's search for liboqs ran ldconfig and gcc on every start."""
-    for module in ("dataferry._ssh", "dataferry._downloads", "dataferry._server"):
+    for module in ("dataferry._ssh", "dataferry._downloads", "dataferry.devserver.server"):
         searched = _fresh_python(
             "import ctypes.util; seen = []; original = ctypes.util.find_library; "
             "ctypes.util.find_library = lambda name: (seen.append(name), original(name))[1]; "

@@ -27,8 +27,13 @@ import pytest
 from dotenv import dotenv_values
 
 from dataferry._exceptions import ConfigError
-from dataferry._sample import MARCH_REMOTE_DIR, REMOTE_BASE, SampleDataset, generate_sample_dataset
-from dataferry._server import EmbeddedSFTPServer, serve
+from dataferry.devserver.sample import (
+    MARCH_REMOTE_DIR,
+    REMOTE_BASE,
+    SampleDataset,
+    generate_sample_dataset,
+)
+from dataferry.devserver.server import EmbeddedSFTPServer, serve
 
 T = TypeVar("T")
 
@@ -595,7 +600,7 @@ def test_serve_takes_the_password_from_the_environment(
 def test_serve_exits_cleanly_on_signals(sample: SampleDataset, tmp_path: Path, sig: int) -> None:
     env_out = tmp_path / "serve.env"
     code = (
-        "import sys; from pathlib import Path; from dataferry._server import serve; "
+        "import sys; from pathlib import Path; from dataferry.devserver.server import serve; "
         "serve(Path(sys.argv[1]), host='127.0.0.1', port=0, username='u', password=None, "
         "known_hosts_out=None, env_out=Path(sys.argv[2]), sample_size=None)"
     )

@@ -25,7 +25,6 @@ from dataferry import (
     run_task,
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
-from dataferry._server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from dataferry._ssh import RemoteFile, _host_label
 from dataferry._state import is_bookkeeping
 from dataferry._tasks import (
@@ -36,6 +35,7 @@ from dataferry._tasks import (
     PlannedFile,
     files_in_flight,
 )
+from dataferry.devserver.server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from remote import Remote, random_bytes, sshd_connection
 from sshd import OpenSSHServer
 

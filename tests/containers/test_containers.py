@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dataferry._sample import generate_sample_dataset
+from dataferry.devserver.sample import generate_sample_dataset
 
 if TYPE_CHECKING:
     from conftest import Docker

@@ -276,15 +276,39 @@ def configure_logging(level: str) -> None:
     logging.getLogger("asyncssh").setLevel(logging.INFO if debug else logging.WARNING)
 
 
+# Dockerfile.prod builds the package without dataferry.devserver.
+DEVSERVER_MISSING = (
+    "the development server is not part of this installation (production image); "
+    "use the development image or pip install dataferry"
+)
+
+
+def _devserver_missing(exc: ModuleNotFoundError) -> None:
+    """Turn "dataferry.devserver is not installed" into a one-line error (exit 2).
+
+    Any other missing module is a real bug and is left to propagate.
+    """
+    if exc.name == "dataferry.devserver" or (exc.name or "").startswith("dataferry.devserver."):
+        raise ConfigError(DEVSERVER_MISSING) from None
+
+
 def _demo_command(args: argparse.Namespace) -> int:
-    from .._demo import run_demo
+    try:
+        from ..devserver import run_demo
+    except ModuleNotFoundError as exc:
+        _devserver_missing(exc)
+        raise
 
     configure_logging("WARNING")
     return run_demo(args.config, size_bytes=args.size)
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from .._server import serve
+    try:
+        from ..devserver import serve
+    except ModuleNotFoundError as exc:
+        _devserver_missing(exc)
+        raise
 
     configure_logging("INFO")
     serve(

@@ -59,7 +59,8 @@ from asyncssh.stream import SSHServerStreamSession
 
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._exceptions import ConfigError
-from dataferry._sample import generate_sample_dataset
+
+from .sample import generate_sample_dataset
 
 __all__ = ["PASSWORD_ENV_VAR", "EmbeddedSFTPServer", "serve"]
 

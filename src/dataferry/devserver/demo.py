@@ -17,13 +17,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ._observer import TaskObserver
-from ._progress import LogProgress, human_bytes
-from ._sample import generate_sample_dataset
-from ._server import EmbeddedSFTPServer
-from ._settings import ConfigFile, resolve_task
-from ._ssh import Connector
-from ._tasks import TaskReport, run_task
+from dataferry._observer import TaskObserver
+from dataferry._progress import LogProgress, human_bytes
+from dataferry._settings import ConfigFile, resolve_task
+from dataferry._ssh import Connector
+from dataferry._tasks import TaskReport, run_task
+
+from .sample import generate_sample_dataset
+from .server import EmbeddedSFTPServer
 
 
 async def _serve_and_run(
