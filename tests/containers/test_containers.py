@@ -384,6 +384,28 @@ def test_prod_seed_command_fetches_quietly_and_keeps_no_archive(
     assert {uid for _, uid in files.values()} == {10001}
 
 
+def test_prod_image_has_no_development_server(docker: Docker, prod_image: str) -> None:
+    """Dockerfile.prod builds dataferry without dataferry.devserver; demo and serve say so."""
+    script = (
+        "import importlib.util, pathlib, dataferry; "
+        "print(importlib.util.find_spec('dataferry.devserver'), "
+        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('devserver*')))"
+    )
+    out = docker.docker("run", "--rm", "--entrypoint", "python", prod_image, "-c", script).stdout
+    assert out.strip() == "None []", out
+    for command in ("demo", "serve"):
+        args = [command] if command == "demo" else [command, "/tmp/x", "--sample", "1M"]
+        result = docker.docker(
+            "run", "--rm", "--entrypoint", "dataferry", prod_image, *args, check=False
+        )
+        assert result.returncode == 2, result.describe()
+        assert "Traceback" not in result.stderr, result.describe()
+        assert result.stderr.strip() == (
+            "dataferry: error: the development server is not part of this installation "
+            "(production image); use the development image or pip install dataferry"
+        ), result.describe()
+
+
 def test_report_image_sizes(docker: Docker, dev_image: str, prod_image: str) -> None:
     sizes = {image: docker.image_size(image) for image in (dev_image, prod_image)}
     for image, size in sizes.items():
