@@ -132,11 +132,12 @@ def _make_folder(spec: WorkloadSpec, base: Path) -> tuple[Path, Manifest]:
 
 
 def _sample_module() -> ModuleType:
-    """dataferry._sample (the event-CSV generator), even while the package is mid-edit."""
+    """dataferry.devserver.sample (the event-CSV generator), even while the package is mid-edit."""
     try:
-        from dataferry import _sample
+        from dataferry.devserver import sample as _sample
     except ImportError:  # the package's __init__ may not import yet; the module stands alone
-        path = Path(__file__).resolve().parent.parent / "src" / "dataferry" / "_sample.py"
+        path = Path(__file__).resolve().parent.parent / "src" / "dataferry" / "devserver"
+        path /= "sample.py"
         spec = importlib.util.spec_from_file_location("_dataferry_sample", path)
         assert spec is not None and spec.loader is not None
         _sample = importlib.util.module_from_spec(spec)

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dataferry._server import EmbeddedSFTPServer
+from dataferry.devserver.server import EmbeddedSFTPServer
 from remote import Remote, sshd_connection
 from sshd import (
     OpenSSHServer,

@@ -111,10 +111,15 @@ def run_args(save: Path | str, remote_path: str, *extra: str) -> list[str]:
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m dataferry`` (or a seed script) as a user would, capturing output."""
+    """Run ``python -m dataferry`` (or a seed script) as a user would, capturing output.
+
+    This checkout's sources come first on the path: the virtualenv's editable
+    install may point at another checkout (a git worktree shares the venv).
+    """
+    paths = [str(REPO / "src"), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     return subprocess.run(
         [sys.executable, *args],
-        env=env,
+        env={**env, "PYTHONPATH": os.pathsep.join(paths)},
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -241,6 +242,33 @@ def test_demo_runs_the_shipped_config(tmp_path: Path) -> None:
     assert "total" in result.stdout
     # Runs again over its own output (the shipped config overwrites).
     assert run_cli(["-m", "dataferry", "demo", "--size", "600K"], {}, tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args", [["demo", "--size", "600K"], ["serve", "somewhere", "--sample", "1M"]]
+)
+def test_demo_and_serve_without_the_devserver_package(args: list[str], tmp_path: Path) -> None:
+    """As in the production image (Dockerfile.prod): dataferry without dataferry.devserver."""
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "src" / "dataferry",
+        site / "dataferry",
+        ignore=lambda folder, names: ["devserver"] if folder.endswith("dataferry") else [],
+    )
+    assert not (site / "dataferry" / "devserver").exists()
+    shutil.copy(REPO / "config.json", tmp_path / "config.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "dataferry", *args],
+        env={"PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert_one_line_error(result, 2, "the development server is not part of this installation")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "somewhere").exists()
 
 
 def test_config_errors_win_over_the_early_connection(remote: Remote, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dataferry._sample import (
+from dataferry.devserver.sample import (
     CSV_HEADER,
     FEBRUARY_REMOTE,
     JANUARY_REMOTE,

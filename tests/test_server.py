@@ -27,8 +27,13 @@ import pytest
 from dotenv import dotenv_values
 
 from dataferry._exceptions import ConfigError
-from dataferry._sample import MARCH_REMOTE_DIR, REMOTE_BASE, SampleDataset, generate_sample_dataset
-from dataferry._server import EmbeddedSFTPServer, serve
+from dataferry.devserver.sample import (
+    MARCH_REMOTE_DIR,
+    REMOTE_BASE,
+    SampleDataset,
+    generate_sample_dataset,
+)
+from dataferry.devserver.server import EmbeddedSFTPServer, serve
 
 T = TypeVar("T")
 
@@ -124,6 +129,19 @@ def test_lists_and_reads_the_sample_tree_byte_for_byte(
             ).local_path.read_bytes()
 
     with_server(sample.root, tmp_path, body)
+
+
+def test_speaks_sftp_version_3_even_when_offered_more(jail: Path, tmp_path: Path) -> None:
+    async def body(server: EmbeddedSFTPServer, known_hosts: Path) -> None:
+        async with (
+            connect(server, known_hosts) as conn,
+            conn.start_sftp_client(sftp_version=6) as sftp,
+        ):
+            assert sftp.version == 3
+            async with sftp.open("/data/inside.csv", "rb") as f:
+                assert await f.read() == b"a,b\n1,2\n"
+
+    with_server(jail, tmp_path, body)
 
 
 def test_known_hosts_and_env_lines_describe_the_running_server(
@@ -395,15 +413,22 @@ def test_other_commands_and_shells_are_refused(sample: SampleDataset, tmp_path: 
                 "sha256sum -- /x; rm -rf /",
                 "sh -c 'echo hi'",
                 "'unterminated",
+                "scp -f /etc/passwd",  # no scp server either
             ):
                 result = await conn.run(command)
                 assert result.exit_status == 127, command
                 assert result.stdout == ""
                 assert "only `sha256sum -- PATH...`" in str(result.stderr)
+            # A shell or another subsystem runs nothing either: the same refusal.
+            # (asyncssh's process_factory takes every session but SFTP, so the
+            # refusal is an exit status rather than a failed channel request.)
+            for kind in ({}, {"subsystem": "netconf"}):
+                result = await conn.run(**kind)
+                assert result.exit_status == 127, kind
+                assert result.stdout == ""
+                assert "only `sha256sum -- PATH...`" in str(result.stderr)
             with pytest.raises(asyncssh.ChannelOpenError):
-                await conn.create_process()  # an interactive shell
-            with pytest.raises(asyncssh.ChannelOpenError):
-                await conn.create_process(subsystem="netconf")
+                await conn.create_process("sha256sum -- /x", term_type="xterm")  # no pty
 
     with_server(sample.root, tmp_path, body)
 
@@ -595,7 +620,7 @@ def test_serve_takes_the_password_from_the_environment(
 def test_serve_exits_cleanly_on_signals(sample: SampleDataset, tmp_path: Path, sig: int) -> None:
     env_out = tmp_path / "serve.env"
     code = (
-        "import sys; from pathlib import Path; from dataferry._server import serve; "
+        "import sys; from pathlib import Path; from dataferry.devserver.server import serve; "
         "serve(Path(sys.argv[1]), host='127.0.0.1', port=0, username='u', password=None, "
         "known_hosts_out=None, env_out=Path(sys.argv[2]), sample_size=None)"
     )

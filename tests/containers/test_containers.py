@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dataferry._sample import generate_sample_dataset
+from dataferry.devserver.sample import generate_sample_dataset
 
 if TYPE_CHECKING:
     from conftest import Docker
@@ -382,6 +382,38 @@ def test_prod_seed_command_fetches_quietly_and_keeps_no_archive(
     assert "january-small.csv.zip" not in files, "the archive was kept"
     assert {name: digest for name, (digest, _) in files.items()} == expected_data["task1"]
     assert {uid for _, uid in files.values()} == {10001}
+
+
+def test_prod_image_has_no_development_server(docker: Docker, prod_image: str) -> None:
+    """Dockerfile.prod builds dataferry without dataferry.devserver; demo and serve say so."""
+    script = (
+        "import importlib.util, pathlib, dataferry; "
+        "print(importlib.util.find_spec('dataferry.devserver'), "
+        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('devserver*')))"
+    )
+    out = docker.docker("run", "--rm", "--entrypoint", "python", prod_image, "-c", script).stdout
+    assert out.strip() == "None []", out
+    # Through compose: `docker run` against podman 4.3's API reports exit status 0.
+    for args in (["demo"], ["serve", "/tmp/x", "--sample", "1M"]):
+        result = docker.compose(
+            "-f",
+            "docker-compose.prod.yaml",
+            "run",
+            "--rm",
+            "-T",
+            "--entrypoint",
+            "dataferry",
+            "production-code",
+            *args,
+            check=False,
+        )
+        assert result.returncode == 2, result.describe()
+        assert "Traceback" not in result.output, result.describe()
+        errors = [line for line in result.output.splitlines() if "dataferry: error:" in line]
+        assert errors == [
+            "dataferry: error: the development server is not part of this installation "
+            "(production image); use the development image or pip install dataferry"
+        ], result.describe()
 
 
 def test_report_image_sizes(docker: Docker, dev_image: str, prod_image: str) -> None:

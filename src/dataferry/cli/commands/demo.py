@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from .. import configure_logging
+from .devserver import load_devserver
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from ..._demo import run_demo
-
+    devserver = load_devserver()
     configure_logging("WARNING")
-    return run_demo(args.config, size_bytes=args.size)
+    code: int = devserver.run_demo(args.config, size_bytes=args.size)
+    return code

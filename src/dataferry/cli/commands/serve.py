@@ -6,13 +6,13 @@ import argparse
 import os
 
 from .. import configure_logging
+from .devserver import load_devserver
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from ..._server import serve
-
+    devserver = load_devserver()
     configure_logging("INFO")
-    serve(
+    devserver.serve(
         args.directory,
         host=args.host,
         port=args.port,

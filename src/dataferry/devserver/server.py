@@ -11,7 +11,12 @@ interrupted. The server:
   SFTP "permission denied";
 * has no shell, no pty, no forwarding; the only exec command is
   ``sha256sum -- PATH...`` (coreutils output format), so integrity checks can
-  ask for remote digests; anything else exits with status 127.
+  ask for remote digests; anything else (another command, a shell, a subsystem
+  other than SFTP) runs nothing and exits with status 127.
+
+Only asyncssh's documented API is used: ``asyncssh.listen`` with an
+``sftp_factory`` (an :class:`asyncssh.SFTPServer` subclass) and a
+``process_factory`` (a handler given an :class:`asyncssh.SSHServerProcess`).
 """
 
 from __future__ import annotations
@@ -32,14 +37,13 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import cast
 
 import asyncssh
-from asyncssh.channel import SSHChannel
-from asyncssh.constants import (
+from asyncssh import (
     ACE4_APPEND_DATA,
     ACE4_WRITE_ATTRIBUTES,
     ACE4_WRITE_DATA,
@@ -52,11 +56,11 @@ from asyncssh.constants import (
     FXF_TRUNC,
     FXF_WRITE,
 )
-from asyncssh.stream import SSHServerStreamSession
 
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry._exceptions import ConfigError
-from dataferry._sample import generate_sample_dataset
+
+from .sample import generate_sample_dataset
 
 __all__ = ["PASSWORD_ENV_VAR", "EmbeddedSFTPServer", "serve"]
 
@@ -101,8 +105,8 @@ def _confine(root: bytes, path: bytes) -> tuple[bytes, bytes]:
 class _ReadOnlySFTPServer(asyncssh.SFTPServer):
     """asyncssh's SFTP server, chrooted, symlink-confined and read-only."""
 
-    def __init__(self, chan: SSHChannel[bytes], root: bytes) -> None:
-        super().__init__(cast(asyncssh.SSHServerChannel[bytes], chan), chroot=root)
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], root: bytes) -> None:
+        super().__init__(chan, chroot=root)
         self._root = root
 
     def map_path(self, path: bytes) -> bytes:
@@ -219,25 +223,6 @@ async def _run_sha256sum(
     return status
 
 
-class _Session(SSHServerStreamSession[str]):
-    """SFTP subsystem plus the one exec command; shells and other subsystems refused."""
-
-    def shell_requested(self) -> bool:
-        return False
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == "sftp"
-
-    def exec_requested(self, command: str) -> bool:
-        # Accepted at the protocol level so the client gets a proper exit status.
-        return True
-
-
-_ExecHandler = Callable[
-    [asyncssh.SSHReader[str], asyncssh.SSHWriter[str], asyncssh.SSHWriter[str]], Awaitable[None]
-]
-
-
 def _split_command(command: str) -> list[str]:
     """Split like a POSIX shell would; [] when unparsable or chaining commands.
 
@@ -256,26 +241,24 @@ def _split_command(command: str) -> list[str]:
     return tokens
 
 
-def _make_exec_handler(root: bytes) -> _ExecHandler:
-    async def handle(
-        stdin: asyncssh.SSHReader[str],
-        stdout: asyncssh.SSHWriter[str],
-        stderr: asyncssh.SSHWriter[str],
-    ) -> None:
-        chan = cast(asyncssh.SSHServerChannel[str], stdout.channel)
-        command = chan.get_command() or ""
-        argv = _split_command(command)
-        if len(argv) >= 3 and argv[0] == "sha256sum" and argv[1] == "--":
-            log.info("exec sha256sum for %d path(s)", len(argv) - 2)
-            status = await _run_sha256sum(root, argv[2:], stdout, stderr)
-        else:
+async def _run_process(root: bytes, process: asyncssh.SSHServerProcess[str]) -> None:
+    """The process_factory: every session but SFTP (exec, shell, other subsystems)."""
+    command = process.command
+    argv = _split_command(command) if command is not None else []
+    if len(argv) >= 3 and argv[0] == "sha256sum" and argv[1] == "--":
+        log.info("exec sha256sum for %d path(s)", len(argv) - 2)
+        status = await _run_sha256sum(root, argv[2:], process.stdout, process.stderr)
+    else:
+        if command is not None:
             log.info("refused exec command %r", command[:200])
-            stderr.write("dataferry serve: only `sha256sum -- PATH...` can be run here\n")
-            status = _EXEC_REFUSED
-        await stdout.drain()
-        chan.exit(status)
-
-    return handle
+        elif process.subsystem is not None:
+            log.info("refused subsystem %r", process.subsystem[:200])
+        else:
+            log.info("refused a shell")
+        process.stderr.write("dataferry serve: only `sha256sum -- PATH...` can be run here\n")
+        status = _EXEC_REFUSED
+    await process.stdout.drain()
+    process.exit(status)
 
 
 # --- authentication --------------------------------------------------------------
@@ -316,14 +299,6 @@ class _AuthServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         user_ok = secrets.compare_digest(username.encode(), self._owner.username.encode())
         return user_ok and key.public_data in self._owner._client_keys
-
-    def session_requested(self) -> _Session:
-        root = self._owner._root_bytes
-        return _Session(
-            _make_exec_handler(root),
-            lambda chan: _ReadOnlySFTPServer(chan, root),
-            _SFTP_VERSION,
-        )
 
 
 # --- the server -------------------------------------------------------------------------
@@ -419,13 +394,25 @@ class EmbeddedSFTPServer:
             return
         if not self.root.is_dir():
             raise ConfigError(f"cannot serve {self.root}: not a directory")
-        self._root_bytes = os.fsencode(os.path.realpath(self.root))
+        self._root_bytes = root = os.fsencode(os.path.realpath(self.root))
+
+        def sftp_factory(chan: object) -> _ReadOnlySFTPServer:
+            # asyncssh passes the session's SSHServerChannel (annotated as its base class).
+            return _ReadOnlySFTPServer(cast(asyncssh.SSHServerChannel[bytes], chan), root)
+
+        async def process_factory(process: asyncssh.SSHServerProcess[str]) -> None:
+            await _run_process(root, process)
+
         try:
             self._acceptor = await asyncssh.listen(
                 self.host,
                 self.port,
                 server_factory=lambda: _AuthServer(self),
                 server_host_keys=[self.host_key],
+                sftp_factory=sftp_factory,
+                sftp_version=_SFTP_VERSION,
+                process_factory=process_factory,
+                allow_scp=False,  # "scp ..." is just another refused command
                 window=CHANNEL_WINDOW,
                 allow_pty=False,
                 agent_forwarding=False,

@@ -17,13 +17,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .observe import TaskObserver
-from .observe.progress import LogProgress, human_bytes
-from ._sample import generate_sample_dataset
-from ._server import EmbeddedSFTPServer
-from ._settings import ConfigFile, resolve_task
-from .sources.ssh import SSHConnector as Connector
-from .engine import TaskReport, run_task
+from dataferry._settings import ConfigFile, resolve_task
+from dataferry.engine import TaskReport, run_task
+from dataferry.observe import TaskObserver
+from dataferry.observe.progress import LogProgress, human_bytes
+from dataferry.sources.ssh import SSHConnector
+
+from .sample import generate_sample_dataset
+from .server import EmbeddedSFTPServer
 
 
 async def _serve_and_run(
@@ -34,7 +35,7 @@ async def _serve_and_run(
     generate_sample_dataset(server_root, size_bytes=size_bytes)
     known_hosts = workdir / "known_hosts"
     async with EmbeddedSFTPServer(server_root) as server:
-        connector = Connector(server.connection_settings(known_hosts))
+        connector = SSHConnector(server.connection_settings(known_hosts))
         try:  # one login for all the tasks, as with `dataferry run --all`
             return [await run_task(settings, connector, observer) for settings in tasks]
         finally:
