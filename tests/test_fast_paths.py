@@ -7,8 +7,8 @@ No timings are asserted here: `make bench` measures speed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import io
+import logging
 import sys
 import tarfile
 import zipfile
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dataferry import ArchiveError, OverwriteConflictError, TaskObserver, run_task
-from dataferry.sinks.local import is_bookkeeping
+from dataferry import ArchiveError, OverwriteConflictError, run_task
 from dataferry.engine.run import OVERLAP_MIN_BYTES
+from dataferry.sinks.local import is_bookkeeping
 from faults import FaultPlan, FaultProxy
 from remote import REPO, Remote, random_bytes, settings_for, through
 
@@ -111,7 +111,9 @@ def test_hostile_archive_refused_while_downloading(
     (dest / "keep.txt").write_text("mine")
     caplog.set_level(logging.DEBUG, logger="dataferry.tee")
     with pytest.raises(ArchiveError, match=r"\.\./escape\.txt"):
-        asyncio.run(run_task(settings_for(remote.path(archive), dest / archive.name), remote.connection))
+        asyncio.run(
+            run_task(settings_for(remote.path(archive), dest / archive.name), remote.connection)
+        )
     assert any("while it downloads" in r.getMessage() for r in caplog.records)
     assert tree(dest) == {"keep.txt": b"mine", archive.name: archive.read_bytes()}
     assert not (tmp_path / "inner" / "escape.txt").exists()

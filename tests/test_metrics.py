@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataferry.observe.metrics import STATES, MetricsServer
 from dataferry.observe import ObserverGroup
+from dataferry.observe.metrics import STATES, MetricsServer
 
 
 class FakeClock:

@@ -25,6 +25,7 @@ from dataferry import (
     run_task,
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
+from dataferry.devserver.server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from dataferry.engine.run import OVERLAP_MIN_BYTES
 from dataferry.plan import PlannedFile, files_in_flight
 from dataferry.plan.planning import (
@@ -32,7 +33,6 @@ from dataferry.plan.planning import (
     FILES_IN_FLIGHT,
     SMALL_FILES_IN_FLIGHT,
 )
-from dataferry.devserver.server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from dataferry.sinks.local import is_bookkeeping
 from dataferry.sources import RemoteFile
 from dataferry.sources.ssh.session import _host_label

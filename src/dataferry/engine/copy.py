@@ -38,9 +38,7 @@ def requests_budget(source: Source) -> int:
     """Reads to keep in flight on this connection, from its measured round trip."""
     if not math.isfinite(source.round_trip):
         return MAX_REQUESTS_IN_FLIGHT  # not measured yet: assume a far link
-    needed = MIN_REQUESTS_IN_FLIGHT + math.ceil(
-        source.round_trip * TARGET_RATE / source.block_size
-    )
+    needed = MIN_REQUESTS_IN_FLIGHT + math.ceil(source.round_trip * TARGET_RATE / source.block_size)
     return min(MAX_REQUESTS_IN_FLIGHT, needed)
 
 

@@ -43,8 +43,11 @@ def _intact(sink: Sink, result: ResultRecord, rehash: bool) -> bool:
         return False
     if not rehash:
         return True
+    digest = hashlib.sha256()
     with sink.open_result(result.path) as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest() == result.sha256
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == result.sha256
 
 
 def _up_to_date(settings: TaskSettings, item: PlannedFile, entry: Entry | None, sink: Sink) -> bool:

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tenacity import (
@@ -226,16 +226,22 @@ class _TaskRun:
         reader = await source.open(item.remote)
         overlap: OverlappedExtraction | None = None
         try:
-            if item.remote.size >= OVERLAP_MIN_BYTES and not sink.has_partial(item.relative):
-                overlap = await start_extraction(
-                    reader,
-                    sink,
-                    item.relative,
-                    overwrite=self.settings.overwrite,
-                    owned=self.decisions.owned,
-                    limits=self.limits,
-                )
+            # The writer first: it creates the destination folder, which the
+            # extraction's staging folder then goes into.
             writer = await sink.open_part(item.relative, item.remote)
+            if item.remote.size >= OVERLAP_MIN_BYTES and writer.offset == 0:
+                try:
+                    overlap = await start_extraction(
+                        reader,
+                        sink,
+                        item.relative,
+                        overwrite=self.settings.overwrite,
+                        owned=self.decisions.owned,
+                        limits=self.limits,
+                    )
+                except BaseException:
+                    await writer.close()
+                    raise
             download = asyncio.ensure_future(
                 copy_file(
                     self.name,

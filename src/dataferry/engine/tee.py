@@ -282,7 +282,9 @@ async def start_extraction(
     return OverlappedExtraction(tee, done)
 
 
-def _extract_then_release(tee: StreamTee, extract: Callable[[], list[Extracted]]) -> list[Extracted]:
+def _extract_then_release(
+    tee: StreamTee, extract: Callable[[], list[Extracted]]
+) -> list[Extracted]:
     try:
         return extract()
     finally:

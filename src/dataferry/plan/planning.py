@@ -69,6 +69,7 @@ def layout_of(settings: TaskSettings, listing: Listing) -> TaskLayout:
 def plan_files(settings: TaskSettings, listing: Listing) -> Plan:
     """Map each remote file to its place; refuse two files that would share one name."""
     layout = layout_of(settings, listing)
+    files: tuple[PlannedFile, ...]
     if layout.file_name is not None:
         files = (PlannedFile(listing.files[0], layout.file_name),)
     else:

@@ -79,6 +79,10 @@ class Sink(abc.ABC):
         """What sits at a final name (None: nothing, or not a regular file)."""
 
     @abc.abstractmethod
+    def exists(self, relative: str) -> bool:
+        """Whether anything (a file, a folder, a link) sits at relative."""
+
+    @abc.abstractmethod
     def has_partial(self, relative: str) -> bool:
         """Whether a partial download of relative is kept from an earlier try."""
 

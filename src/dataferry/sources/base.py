@@ -17,7 +17,7 @@ import abc
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -75,7 +75,7 @@ class SourceReader(abc.ABC):
 
     async def stream(
         self, start: int, end: int, *, block_size: int, requests_in_flight: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) in order, with up to requests_in_flight reads outstanding.
 
         A short reply (a server cap, or a file that shrank) is completed at

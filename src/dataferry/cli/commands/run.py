@@ -198,5 +198,3 @@ def _print_report(report: TaskReport) -> None:
     )
     for path in report.files:
         print(f"  {path}")
-
-

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..._defaults import DEFAULT_CONFIG_FILE
 from ..._exceptions import ConfigError, DriftError
 from ..._settings import default_manifest_path
 from ...manifest import ManifestStore, verify_task
 from .run import load_config
-from ..._defaults import DEFAULT_CONFIG_FILE
 
 
 def verify_command(args: argparse.Namespace) -> int:
