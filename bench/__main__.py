@@ -17,16 +17,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from tests.support.sshd import OpenSSHServer, running_sshd  # the test fixtures
+
 from bench import peers as peers_mod
 from bench import report, tools, workloads
-from bench.peers import REPO, Endpoint, Job, Peer
+from bench.peers import Endpoint, Job, Peer
 from bench.plan import ROWS, Row
 from bench.proxy import DEFAULT_DELAY_S, ProxyThread
 from bench.report import DATAFERRY, PeerResult, RowResult
 from bench.runner import log_tail, run_timed
-
-sys.path.insert(0, str(REPO / "tests"))
-from sshd import OpenSSHServer, running_sshd  # the test fixtures, imported by path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

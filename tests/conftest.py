@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from dataferry.devserver.server import EmbeddedSFTPServer
-from remote import Remote, sshd_connection
-from sshd import (
+from tests.support.remote import Remote, sshd_connection
+from tests.support.sshd import (
     OpenSSHServer,
     ensure_password_user,
     sshd_available,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dataferry.sinks.local import is_bookkeeping
-from faults import FaultProxy
-from remote import REPO, Remote, run_args, run_cli, through
+from tests.support.faults import FaultProxy
+from tests.support.remote import REPO, Remote, run_args, run_cli, through
 
 SCRIPTS = REPO / "src"
 

@@ -19,8 +19,8 @@ import pytest
 from dataferry import ArchiveError, OverwriteConflictError, run_task
 from dataferry.engine.run import OVERLAP_MIN_BYTES
 from dataferry.sinks.local import is_bookkeeping
-from faults import FaultPlan, FaultProxy
-from remote import REPO, Remote, random_bytes, settings_for, through
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import REPO, Remote, random_bytes, settings_for, through
 
 sys.path.insert(0, str(REPO))
 from bench.proxy import ProxyThread

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dataferry.observe.progress import LogProgress
-from remote import Remote, run_args
+from tests.support.remote import Remote, run_args
 
 
 def test_bars_on_a_terminal(remote: Remote, tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ from dataferry import (
 )
 from dataferry._connection import ConnectionSettings, HostKeyPolicy
 from dataferry.sinks.local import lock_path, part_path
-from faults import FaultPlan, FaultProxy
-from remote import (
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import (
     REPO,
     Remote,
     random_bytes,
@@ -39,7 +39,7 @@ from remote import (
     through,
     trust_port,
 )
-from sshd import OpenSSHServer, start_sshd
+from tests.support.sshd import OpenSSHServer, start_sshd
 
 # What the fault tests measured, written to tests/.reliability-last-run.txt
 # after the module runs; docs/reliability.md quotes it.

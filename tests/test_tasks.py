@@ -36,8 +36,8 @@ from dataferry.plan.planning import (
 from dataferry.sinks.local import is_bookkeeping
 from dataferry.sources import RemoteFile
 from dataferry.sources.ssh.session import _host_label
-from remote import Remote, random_bytes, sshd_connection
-from sshd import OpenSSHServer
+from tests.support.remote import Remote, random_bytes, sshd_connection
+from tests.support.sshd import OpenSSHServer
 
 
 class Recorder(TaskObserver):

@@ -150,15 +150,31 @@ def frozen_differences(
 
 
 def make_entry(
-    item: PlannedFile, sha256: str, extracted: list[Extracted] | None, *, kept: bool
+    item: PlannedFile,
+    sha256: str | None,
+    extracted: list[Extracted] | None,
+    *,
+    kept: bool,
+    complete: bool = True,
 ) -> Entry:
-    """The manifest entry of a fetched file (and, for an archive, what it became)."""
+    """The manifest entry of a fetched file (and, for an archive, what it became).
+
+    sha256: of the bytes received; None in an intent record written while an
+    archive still downloads (its results are known, the whole file not yet).
+    """
     remote = item.remote
     source = SourceRecord(remote.path, remote.size, remote.mtime, sha256)
-    own = ResultRecord(item.relative, remote.size, remote.mtime, sha256)
+    results = []
+    if extracted is not None:
+        results = [ResultRecord(x.path, x.size, x.mtime, x.sha256) for x in extracted]
+    if (extracted is None or kept) and sha256 is not None:
+        results.append(ResultRecord(item.relative, remote.size, remote.mtime, sha256))
     if extracted is None:
-        return Entry(source, (own,))
-    results = [ResultRecord(x.path, x.size, x.mtime, x.sha256) for x in extracted]
-    if kept:
-        results.append(own)
-    return Entry(source, tuple(results), archive=item.relative, kept_archive=kept)
+        return Entry(source, tuple(results), complete=complete)
+    return Entry(
+        source,
+        tuple(results),
+        archive=item.relative,
+        kept_archive=kept and sha256 is not None,
+        complete=complete,
+    )

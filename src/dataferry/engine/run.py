@@ -238,6 +238,7 @@ class _TaskRun:
                         overwrite=self.settings.overwrite,
                         owned=self.decisions.owned,
                         limits=self.limits,
+                        before_install=self._before_install(item),
                     )
                 except BaseException:
                     await writer.close()
@@ -336,6 +337,7 @@ class _TaskRun:
                     overwrite=settings.overwrite,
                     owned=self.decisions.owned,
                     limits=self.limits,
+                    before_install=self._before_install(item),
                 )
             folder = self.plan.folder
             self.report.extracted.extend(folder / result.path for result in results)
@@ -351,14 +353,34 @@ class _TaskRun:
                 self.store.update(self.name, str(folder), upsert=[entry])
             fetched.recorded = True
 
+    def _before_install(self, item: PlannedFile) -> Callable[[list[Extracted]], None]:
+        """Right before an archive's results become visible (in the extraction's thread).
+
+        Records them as an incomplete entry, so that a crash while they move
+        into place still leaves them known as dataferry's own; with --frozen,
+        refuses results that differ from the pins instead.
+        """
+
+        def hear(results: list[Extracted]) -> None:
+            assert self.plan is not None
+            kept = self.settings.keep_zip_tar_file
+            entry = make_entry(item, None, results, kept=kept, complete=False)
+            if self.settings.frozen:
+                self._check_frozen_results(entry)
+            else:
+                self.store.update(self.name, str(self.plan.folder), upsert=[entry])
+
+        return hear
+
     def _check_frozen_results(self, entry: Entry) -> None:
         assert self.decisions is not None
         record = self.decisions.record
         pinned = record.entries.get(entry.source.path) if record is not None else None
         if pinned is None:
             return
-        expected = {result.path: result.sha256 for result in pinned.results}
-        got = {result.path: result.sha256 for result in entry.results}
+        # The extracted files; the archive itself is checked as it downloads.
+        expected = {r.path: r.sha256 for r in pinned.results if r.path != pinned.archive}
+        got = {r.path: r.sha256 for r in entry.results if r.path != entry.archive}
         if expected != got:
             raise FrozenError(
                 f"{self.name}: extracting {entry.source.path} gave other files than the "

@@ -236,6 +236,7 @@ async def start_extraction(
     overwrite: bool,
     owned: frozenset[str],
     limits: ExtractLimits,
+    before_install: Callable[[list[Extracted]], None] | None = None,
 ) -> OverlappedExtraction | None:
     """Begin extracting reader's file (about to be downloaded) if it is an archive.
 
@@ -275,6 +276,7 @@ async def start_extraction(
             overwrite=overwrite,
             owned=owned,
             limits=limits,
+            before_install=before_install,
         ),
     )
     log.debug("extracting %s (%s) while it downloads", relative, kind.value)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from dataferry._connection import ENV_VARIABLES, ConnectionSettings, HostKeyPolicy
 from dataferry._settings import TaskSettings
-from sshd import OpenSSHServer
+from tests.support.sshd import OpenSSHServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
