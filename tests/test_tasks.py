@@ -281,7 +281,7 @@ def test_password_login_to_sshd(
 
 
 def test_refused_connection_is_retried_then_exit_5(remote: Remote, tmp_path: Path) -> None:
-    from sshd import free_port
+    from tests.support.sshd import free_port
 
     connection = replace(remote.connection, port=free_port())
     recorder = Recorder()

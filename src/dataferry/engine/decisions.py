@@ -86,6 +86,13 @@ def decide(
     changed: set[str] = set()
     if record is not None:
         for entry in record.entries.values():
+            if entry.archive is not None:
+                held = sink.held(entry.archive)
+                if held is not None and (held.size, held.mtime) == (
+                    entry.source.size,
+                    entry.source.mtime,
+                ):
+                    owned.add(entry.archive)  # downloaded by dataferry, extraction pending
             for result in entry.results:
                 if _matches(sink, result):
                     owned.add(result.path)
@@ -98,6 +105,11 @@ def decide(
     todo = [item for item in plan.files if item.remote.path not in decisions.up_to_date]
     clashes: list[str] = []
     for item in todo:
+        recorded_entry = record.entries.get(item.remote.path) if record is not None else None
+        for result in recorded_entry.results if recorded_entry is not None else ():
+            if result.path in changed and result.path != item.relative:
+                # An archive's output, edited since: fetching again would replace it.
+                clashes.append(f"{sink.describe(result.path)} (changed since dataferry wrote it)")
         if not sink.exists(item.relative) or item.relative in owned:
             continue
         recorded = item.relative in changed

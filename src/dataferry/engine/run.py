@@ -28,7 +28,7 @@ from .._connection import ConnectionSettings
 from .._exceptions import FrozenError, TransferError, TransientError
 from .._settings import TaskSettings, default_manifest_path
 from ..extract import ArchiveKind, ExtractLimits
-from ..manifest import Entry, ManifestStore
+from ..manifest import Entry, ManifestStore, SourceRecord
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
 from ..sinks import Extracted, Sink
@@ -176,8 +176,33 @@ class _TaskRun:
                 self.name,
                 len(self.decisions.up_to_date),
             )
-        todo = [item for item in plan.files if item.remote.path not in self.decisions.up_to_date]
+        for item in plan.files:
+            entry = record.entries.get(item.remote.path) if record is not None else None
+            if item.remote.path not in self.decisions.up_to_date and self._downloaded(item, entry):
+                assert entry is not None and entry.source.sha256 is not None
+                log.info("%s: %s was downloaded before; extracting it", self.name, item.relative)
+                local = str(self._local(item))
+                copied = Copied(item.remote, local, entry.source.sha256, item.remote.size, 0)
+                self.done[item.remote.path] = _Fetched(item, copied)
+        todo = [
+            item
+            for item in plan.files
+            if item.remote.path not in self.decisions.up_to_date
+            and item.remote.path not in self.done
+        ]
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
+
+    def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
+        """An archive an interrupted run downloaded in full but did not finish extracting."""
+        if entry is None or entry.complete or entry.archive != item.relative:
+            return False
+        if entry.source.sha256 is None or self.settings.force:
+            return False
+        if (entry.source.size, entry.source.mtime) != (item.remote.size, item.remote.mtime):
+            return False
+        assert self.sink is not None
+        held = self.sink.held(item.relative)
+        return held is not None and (held.size, held.mtime) == (item.remote.size, item.remote.mtime)
 
     async def _fetch_all(
         self, source: Source, todo: list[PlannedFile], digests: dict[str, str]
@@ -302,6 +327,21 @@ class _TaskRun:
             if fetched.recorded or fetched.early is not None:
                 continue
             if self._archive_kind(fetched) is not None:
+                # Downloaded, not extracted yet: the archive is dataferry's own
+                # (a later run resumes it) until its results are recorded.
+                entries.append(
+                    Entry(
+                        SourceRecord(
+                            fetched.item.remote.path,
+                            fetched.item.remote.size,
+                            fetched.item.remote.mtime,
+                            fetched.copied.sha256,
+                        ),
+                        (),
+                        archive=fetched.item.relative,
+                        complete=False,
+                    )
+                )
                 continue
             entries.append(make_entry(fetched.item, fetched.copied.sha256, None, kept=True))
             fetched.recorded = True

@@ -199,11 +199,16 @@ class LocalPartWriter(PartWriter):
         return self._read_fd
 
     async def write(self, data: bytes) -> None:
+        view = memoryview(data)
         try:
-            os.pwrite(self._fd, data, self._written)
+            while view:
+                # A short write (a file size limit, a full disk) is not an
+                # error yet: the next one says why.
+                done = os.pwrite(self._fd, view, self._written)
+                self._written += done
+                view = view[done:]
         except OSError as exc:
             raise self._error(exc) from None
-        self._written += len(data)
         if self._written - self._synced >= EARLY_SYNC_BYTES and (
             self._flushing is None or self._flushing.done()
         ):
