@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import resource
 import tarfile
 import zipfile
@@ -395,3 +396,14 @@ def test_host_name_tries_each_address(sshd_server: OpenSSHServer, tmp_path: Path
     )
     run(settings, connection)
     assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_aes_gcm_is_negotiated_first(
+    remote: Remote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cipher preference (hardware-accelerated AES-GCM first, then asyncssh's
+    defaults) is what both servers agree on."""
+    (remote.root / "c.csv").write_text("c\n")
+    caplog.set_level(logging.DEBUG, logger="dataferry.ssh")
+    run(task(remote, remote.root / "c.csv", tmp_path / "c.csv"), remote.connection)
+    assert any("cipher aes128-gcm@openssh.com" in r.getMessage() for r in caplog.records)

@@ -37,19 +37,13 @@ log = logging.getLogger("dataferry.ssh")
 # A far link is bound by the channel window: asyncssh's 2 MiB default allows only
 # 2 MiB in flight per round trip. 16 MiB covers ~500 Mbit/s at 30 ms RTT.
 CHANNEL_WINDOW = 16 * 2**20
-# AES-GCM is hardware accelerated on x86-64 and beat chacha20-poly1305 by ~1.5x
-# here; the rest of asyncssh's defaults follow, so any server still works.
-_PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
+# AES-GCM is hardware accelerated on x86-64 (docs/benchmarks.md: ciphers); the
+# rest of asyncssh's defaults follow, so any server still works.
+# "^": OpenSSH's (and asyncssh's) syntax for "these first, then the defaults".
+CIPHER_PREFERENCE = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr"
 KEEPALIVE_INTERVAL = 20.0
-# Larger SSH packets: fewer per-packet costs in Python. 512 MiB over loopback
-# took 0.84 s with asyncssh's 32 KiB, 0.71 s with 256 KiB (mean of 3).
+# Larger SSH packets: fewer per-packet costs in Python (docs/benchmarks.md).
 MAX_PACKET_SIZE = 256 * 1024
-
-
-def _cipher_preference() -> list[str]:
-    available = [alg.decode() for alg in asyncssh.encryption.get_encryption_algs()]
-    preferred = [alg for alg in _PREFERRED_CIPHERS if alg in available]
-    return preferred + [alg for alg in available if alg not in preferred]
 
 
 def _host_label(host: str, port: int) -> str:
@@ -350,7 +344,7 @@ async def _connect(
             # is then "unknown" and goes through the policy hook above.
             known_hosts=known if known is not None else ([], [], []),
             client_factory=lambda: checker,
-            encryption_algs=_cipher_preference(),
+            encryption_algs=CIPHER_PREFERENCE,
             compression_algs=None,
             window=CHANNEL_WINDOW,
             max_pktsize=MAX_PACKET_SIZE,
