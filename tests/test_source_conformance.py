@@ -126,7 +126,7 @@ class TestSFTPSource(SourceSuite):
     def test_links_are_followed(self, remote: Remote) -> None:
         """A link to a file is that file; a link to a folder or nowhere is not listed."""
         world = SFTPWorld(remote)
-        target = world.put("data/target.bin", b"target", mtime=MTIME)
+        world.put("data/target.bin", b"target", mtime=MTIME)
         folder = remote.root / "data"
         (folder / "to-file.csv").symlink_to("target.bin")
         (folder / "to-folder.csv").symlink_to(remote.root)
@@ -142,6 +142,5 @@ class TestSFTPSource(SourceSuite):
                 assert await reader.read_range(0, 100) == b"target"
             finally:
                 reader.close_later()
-            assert target.endswith("target.bin")
 
         in_session(world, body)
