@@ -189,7 +189,9 @@ class MemorySink(Sink):
         return None if found is None else Held(len(found.data), found.mtime)
 
     def exists(self, relative: str) -> bool:
-        return relative in self.files
+        # A folder exists too: the folder of a result.
+        folder = relative.rstrip("/") + "/"
+        return relative in self.files or any(path.startswith(folder) for path in self.files)
 
     def has_partial(self, relative: str) -> bool:
         return relative in self.parts

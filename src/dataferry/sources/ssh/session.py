@@ -200,6 +200,9 @@ class SSHSource(Source):
             files = await self._matching_files(remote_path, await reading, include)
             return Listing(remote_path, True, tuple(files))
         await _settle(reading)
+        if attrs.permissions is not None and not stat.S_ISREG(attrs.permissions):
+            # A FIFO or device: opening it would block sshd's sftp-server for good.
+            raise RemotePathError(f"remote path is not a regular file or folder: {remote_path}")
         file = RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
         return Listing(remote_path, False, (file,))
 
