@@ -17,9 +17,9 @@ from dataferry.devserver.server import _ReadOnlySFTPServer
 from dataferry.sources import RemoteFile, Source, SourceConnector
 from dataferry.sources.ssh import SSHConnector
 from dataferry.sources.ssh.session import DEFAULT_BLOCK_SIZE
-from remote import Remote
 from tests.conformance.source_suite import MTIME, SourceSuite, SourceWorld, in_session
 from tests.support.memory import MemoryConnector, MemoryServer
+from tests.support.remote import Remote
 
 
 class MemoryWorld(SourceWorld):
