@@ -513,10 +513,12 @@ def test_prod_seed_command_fetches_quietly_and_keeps_no_archive(
 
 def test_prod_image_has_no_development_server(docker: Docker, prod_image: str) -> None:
     """Dockerfile.prod builds dataferry without dataferry.devserver; demo and serve say so."""
+    # The package (server and sample data) is absent; the CLI's guard that says
+    # so, dataferry/cli/commands/devserver.py, is meant to be there.
     script = (
         "import importlib.util, pathlib, dataferry; "
         "print(importlib.util.find_spec('dataferry.devserver'), "
-        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('devserver*')))"
+        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('dataferry/devserver*')))"
     )
     out = docker.docker("run", "--rm", "--entrypoint", "python", prod_image, "-c", script).stdout
     assert out.strip() == "None []", out
