@@ -2,13 +2,18 @@
 # so `docker-compose run task1 task_1.py --help` runs `python task_1.py --help`
 # in /app/src. docker-compose.yaml mounts ./src over /app/src: edit on the host,
 # rerun without rebuilding. No secrets here: .env is read at run time.
+# The manifest (what each task fetched) goes beside the data, not beside the
+# read-only config.json; outside every task's folder (/app/data/taskN), so
+# those hold only the results. docker-compose.yaml mounts only the task
+# folders and moves it to its own mount (/app/manifest).
 FROM python:3.11.8-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    DATAFERRY_DATA_DIR=/app/data
+    DATAFERRY_DATA_DIR=/app/data \
+    DATAFERRY_MANIFEST=/app/data/dataferry.manifest.json
 
 WORKDIR /app
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dataferry._settings import DATA_DIR_ENV, ConfigFile, resolve_task
+from dataferry._settings import DATA_DIR_ENV, MANIFEST_ENV, ConfigFile, resolve_task
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed: it belongs in the [test] extra")
 
@@ -133,6 +133,86 @@ def test_images_declare_the_data_folder(
             if target.startswith("/app/data"):
                 assert PurePosixPath(target).is_relative_to(DATA_DIR)
     assert named_volumes(prod["services"]["production-code"]) == {"data": str(DATA_DIR)}
+
+
+# ------------------------------------------------------------ the manifest
+
+# config.json is mounted read-only (dev) or not writable by the image's user
+# (prod), so the default manifest beside it would fail every run (exit 7): each
+# image and task service names a writable place that outlives the container.
+
+
+def service_environment(service: dict[str, Any], dockerfile: str) -> dict[str, str]:
+    """What a service's process sees: the image's ENV, then the compose environment."""
+    env = dockerfile_env(dockerfile)
+    declared = service.get("environment", {})
+    if isinstance(declared, list):
+        declared = dict(item.split("=", 1) for item in declared)
+    env.update({key: str(value) for key, value in declared.items()})
+    return env
+
+
+def task_folder(config: dict[str, Any], n: int) -> PurePosixPath:
+    """The container folder task n may write into: its data volume (/app/data/taskN),
+    which holds config.json's file_save_path (test_config_save_path_lies_in_the_task_volume)."""
+    folder = DATA_DIR / f"task{n}"
+    assert PurePosixPath(APP, config[f"task_{n}"]["file_save_path"]).is_relative_to(folder)
+    return folder
+
+
+def writable_mount(service: dict[str, Any], path: PurePosixPath) -> tuple[str, str] | None:
+    """(source, target) of the read-write mount path lies in, the deepest one."""
+    found: tuple[str, str] | None = None
+    for volume in service.get("volumes", []):
+        source, target, *options = str(volume).split(":")
+        if "ro" in options or not path.is_relative_to(target):
+            continue
+        if found is None or len(target) > len(found[1]):
+            found = (source, target)
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.prod"])
+def test_images_keep_the_manifest_in_the_data_folder(
+    dockerfile: str, config: dict[str, Any]
+) -> None:
+    manifest = PurePosixPath(dockerfile_env(dockerfile)[MANIFEST_ENV])
+    assert manifest.is_absolute() and manifest.is_relative_to(DATA_DIR), manifest
+    for n in TASKS:
+        assert not manifest.is_relative_to(task_folder(config, n)), (n, manifest)
+
+
+@pytest.mark.parametrize("n", TASKS)
+def test_dev_tasks_record_the_manifest_in_a_shared_mount_outside_their_folder(
+    n: int, dev: dict[str, Any], config: dict[str, Any]
+) -> None:
+    service = dev["services"][f"task{n}"]
+    manifest = PurePosixPath(service_environment(service, "Dockerfile")[MANIFEST_ENV])
+    assert manifest.is_absolute(), manifest
+    # Kept on the host (a bind mount of this service, writable) ...
+    mount = writable_mount(service, manifest)
+    assert mount is not None, f"task{n}: {manifest} is in no writable mount"
+    source, target = mount
+    assert source.startswith((".", "/")), f"task{n}: {manifest} is not on the host"
+    # ... but neither in this task's folder nor in any other's.
+    for other in TASKS:
+        folder = task_folder(config, other)
+        assert not manifest.is_relative_to(folder), (n, other, manifest)
+        assert not PurePosixPath(target).is_relative_to(folder), (n, other, target)
+    # One manifest for the three tasks: the same file, through the same host folder.
+    first = dev["services"]["task1"]
+    assert service_environment(first, "Dockerfile")[MANIFEST_ENV] == str(manifest)
+    assert writable_mount(first, manifest) == mount
+
+
+def test_prod_service_records_the_manifest_in_the_data_volume(
+    prod: dict[str, Any], config: dict[str, Any]
+) -> None:
+    service = prod["services"]["production-code"]
+    manifest = PurePosixPath(service_environment(service, "Dockerfile.prod")[MANIFEST_ENV])
+    assert writable_mount(service, manifest) == ("data", str(DATA_DIR)), manifest
+    for n in TASKS:
+        assert not manifest.is_relative_to(task_folder(config, n)), (n, manifest)
 
 
 # ------------------------------------------------------------ development compose file

@@ -85,11 +85,26 @@ def tree_digest(folder: Path) -> dict[str, str]:
     return digests
 
 
+def folder_entries(folder: Path) -> list[str]:
+    """Everything in folder, dot files and folders included (relative POSIX paths)."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*"))
+
+
+def manifest_tasks(manifest: Path) -> dict[str, str]:
+    """task -> destination, as a manifest records them."""
+    document = json.loads(manifest.read_text(encoding="utf-8"))
+    return {name: record["destination"] for name, record in document["tasks"].items()}
+
+
 def _wait_for_tasks(docker: Docker, timeout: float = 300) -> dict[str, int]:
     """Exit code of each task container once all have stopped."""
     names = [f"{task}-dev" for task in TASKS]
     out = docker.docker("wait", *names, timeout=timeout).stdout.split()
     return dict(zip(TASKS, (int(code) for code in out), strict=True))
+
+
+# Where docker-compose.yaml's tasks keep their shared manifest, on the host.
+DEV_MANIFEST = Path("data") / "manifest" / "dataferry.manifest.json"
 
 
 def _clear_data(project_dir: Path) -> None:
@@ -144,6 +159,12 @@ def test_compose_up_fetches_the_three_datasets(
         got = tree_digest(project_dir / "data" / task)
         assert got, f"nothing arrived in ./data/{task}\n{logs[-8000:]}"
         assert got == expected_data[task], task
+        # Only the results: no manifest, lock, partial or state file.
+        assert folder_entries(project_dir / "data" / task) == sorted(expected_data[task]), task
+    # The three tasks, run at once, share one manifest outside their folders.
+    assert manifest_tasks(project_dir / DEV_MANIFEST) == {
+        f"task_{n}": f"data/task{n}" for n in range(1, len(TASKS) + 1)
+    }
     # Independently of dataferry's extraction: task1's CSV is the sample zip's member.
     zipped = _sample_file(tmp_path, project_dir, f"{REMOTE_DIR}/january-small.csv.zip")
     with zipfile.ZipFile(zipped) as archive:
@@ -166,6 +187,60 @@ def test_seed_run_commands_use_the_default_commands(
         result = docker.compose("run", "--rm", task)
         assert f"task_{n}: " in result.stdout, result.describe()
         assert tree_digest(project_dir / "data" / task) == expected_data[task], task
+
+
+def test_seed_script_then_verify_in_the_container(
+    docker: Docker,
+    dev_image: str,
+    project_dir: Path,
+    expected_data: dict[str, dict[str, str]],
+) -> None:
+    """The seed's `python src/task_1.py --task task_1 --config_file config.json` (from /app),
+    then `dataferry verify --all` in the same compose setup: intact (0); a result
+    removed on the host: drift (8)."""
+    _clear_data(project_dir)
+    run = docker.compose(
+        "run",
+        "--rm",
+        "-T",
+        "-w",
+        "/app",
+        "task1",
+        "src/task_1.py",
+        "--task",
+        "task_1",
+        "--config_file",
+        "config.json",
+    )
+    assert "task_1: " in run.stdout, run.describe()
+    folder = project_dir / "data" / "task1"
+    assert folder_entries(folder) == sorted(expected_data["task1"]), run.describe()
+    # The manifest (and its lock) went to its own mount, kept on the host.
+    manifest = project_dir / DEV_MANIFEST
+    assert folder_entries(manifest.parent) == [manifest.name, f"{manifest.name}.lock"]
+    assert manifest_tasks(manifest) == {"task_1": "data/task1"}
+    # It records data/task1 relative to /app: verify runs from there, as the compose file says.
+    verify = (
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "-w",
+        "/app",
+        "--entrypoint",
+        "dataferry",
+        "task1",
+        "verify",
+        "--all",
+    )
+    result = docker.compose(*verify, check=False)
+    assert result.returncode == 0, result.describe()
+    assert "task_1: 1 file(s) intact" in result.stdout, result.describe()
+    (folder / "january-small.csv").unlink()
+    result = docker.compose(*verify, check=False)
+    assert result.returncode == 8, result.describe()
+    assert "january-small.csv: missing" in result.stdout, result.describe()
+    assert "task_1: 1 of 1 file(s) missing or changed" in result.stdout, result.describe()
 
 
 @pytest.mark.parametrize("spelling", ["v1", "v2"])
@@ -382,14 +457,68 @@ def test_prod_seed_command_fetches_quietly_and_keeps_no_archive(
     assert "january-small.csv.zip" not in files, "the archive was kept"
     assert {name: digest for name, (digest, _) in files.items()} == expected_data["task1"]
     assert {uid for _, uid in files.values()} == {10001}
+    # The manifest went to the data volume (the one place uid 10001 writes), beside
+    # the task folders; task1's folder holds only its result.
+    inventory = docker.compose(
+        "-f",
+        "docker-compose.prod.yaml",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        "production-code",
+        "-c",
+        "import json, os; print(json.dumps({d: sorted(os.listdir(d)) "
+        "for d in ('/app/data', '/app/data/task1')}))",
+    ).stdout
+    listed = json.loads(inventory.strip().splitlines()[-1])
+    assert listed["/app/data/task1"] == sorted(expected_data["task1"]), listed
+    assert set(listed["/app/data"]) == {
+        *TASKS,
+        "dataferry.manifest.json",
+        "dataferry.manifest.json.lock",
+    }, listed
+    # `dataferry verify --all` in the same setup: intact, then drift once a result is gone.
+    verify = (
+        "-f",
+        "docker-compose.prod.yaml",
+        "run",
+        "--rm",
+        "-T",
+        "-w",
+        "/app",
+        "--entrypoint",
+        "dataferry",
+        "production-code",
+        "verify",
+        "--all",
+    )
+    result = docker.compose(*verify, check=False)
+    assert result.returncode == 0, result.describe()
+    assert "task_1: 1 file(s) intact" in result.stdout, result.describe()
+    docker.compose(
+        "-f",
+        "docker-compose.prod.yaml",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "rm",
+        "production-code",
+        "/app/data/task1/january-small.csv",
+    )
+    result = docker.compose(*verify, check=False)
+    assert result.returncode == 8, result.describe()
+    assert "january-small.csv: missing" in result.stdout, result.describe()
 
 
 def test_prod_image_has_no_development_server(docker: Docker, prod_image: str) -> None:
     """Dockerfile.prod builds dataferry without dataferry.devserver; demo and serve say so."""
+    # The package (server and sample data) is absent; the CLI's guard that says
+    # so, dataferry/cli/commands/devserver.py, is meant to be there.
     script = (
         "import importlib.util, pathlib, dataferry; "
         "print(importlib.util.find_spec('dataferry.devserver'), "
-        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('devserver*')))"
+        "sorted(str(p) for p in pathlib.Path('/opt/venv').rglob('dataferry/devserver*')))"
     )
     out = docker.docker("run", "--rm", "--entrypoint", "python", prod_image, "-c", script).stdout
     assert out.strip() == "None []", out
