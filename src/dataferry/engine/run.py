@@ -28,7 +28,7 @@ from .._connection import ConnectionSettings
 from .._exceptions import FrozenError, TransferError, TransientError
 from .._settings import TaskSettings, default_manifest_path
 from ..extract import ArchiveKind, ExtractLimits
-from ..manifest import Entry, ManifestStore, SourceRecord
+from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
 from ..sinks import Extracted, Sink
@@ -138,6 +138,12 @@ class _TaskRun:
             if item.remote.path in self.done
         ]
 
+    @property
+    def destination(self) -> str:
+        """The destination folder as the manifest records it (see destination_label)."""
+        assert self.plan is not None
+        return destination_label(self.plan.folder, self.store.path)
+
     def _local(self, item: PlannedFile) -> Path:
         assert self.plan is not None
         return self.plan.folder / item.relative
@@ -149,7 +155,7 @@ class _TaskRun:
         self.sink = self.sink_factory(plan.folder)
         manifest = self.store.load()
         record = pins = manifest.task(self.name)
-        if record is not None and record.destination != str(plan.folder):
+        if record is not None and record.destination != self.destination:
             # Saved elsewhere before: those records say nothing about this folder
             # (though, with --frozen, their pins still hold).
             log.info(
@@ -346,7 +352,7 @@ class _TaskRun:
             entries.append(make_entry(fetched.item, fetched.copied.sha256, None, kept=True))
             fetched.recorded = True
         if entries and not self.settings.frozen:
-            self.store.update(self.name, str(self.plan.folder), upsert=entries)
+            self.store.update(self.name, self.destination, upsert=entries)
 
     def _archive_kind(self, fetched: _Fetched) -> ArchiveKind | None:
         assert self.sink is not None
@@ -390,7 +396,7 @@ class _TaskRun:
             if settings.frozen:
                 self._check_frozen_results(entry)
             else:
-                self.store.update(self.name, str(folder), upsert=[entry])
+                self.store.update(self.name, self.destination, upsert=[entry])
             fetched.recorded = True
 
     def _before_install(self, item: PlannedFile) -> Callable[[list[Extracted]], None]:
@@ -408,7 +414,7 @@ class _TaskRun:
             if self.settings.frozen:
                 self._check_frozen_results(entry)
             else:
-                self.store.update(self.name, str(self.plan.folder), upsert=[entry])
+                self.store.update(self.name, self.destination, upsert=[entry])
 
         return hear
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .format import FORMAT_VERSION, MANIFEST_NAME, dumps, loads
 from .model import Entry, Manifest, ResultRecord, SourceRecord, TaskRecord
 from .store import LOCK_WAIT_SECONDS, ManifestStore
-from .verify import Drift, record_result, sha256_file, verify_task
+from .verify import Drift, destination_label, record_result, sha256_file, verify_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -28,6 +28,7 @@ __all__ = [
     "ResultRecord",
     "SourceRecord",
     "TaskRecord",
+    "destination_label",
     "dumps",
     "loads",
     "record_result",

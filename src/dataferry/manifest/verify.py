@@ -68,8 +68,22 @@ def record_result(destination: Path, relative_path: str) -> ResultRecord:
     return ResultRecord(relative_path, status.st_size, int(status.st_mtime), digest)
 
 
+def destination_label(folder: Path, manifest: Path) -> str:
+    """How a destination folder is recorded: relative to the manifest's folder when
+    it lies inside it (a manifest committed with the data stays valid on any
+    machine), else absolute."""
+    target = Path(os.path.abspath(folder))
+    base = Path(os.path.abspath(manifest)).parent
+    try:
+        relative = target.relative_to(base)
+    except ValueError:
+        return str(target)
+    return relative.as_posix() or "."
+
+
 def destination_folder(record: TaskRecord, base: Path) -> Path:
-    """The task's destination: absolute as recorded, or relative to ``base``."""
+    """The task's destination: absolute as recorded, or relative to ``base`` (the
+    manifest's folder)."""
     return base / record.destination
 
 

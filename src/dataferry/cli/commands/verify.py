@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def verify_command(args: argparse.Namespace) -> int:
             known = ", ".join(manifest.tasks) or "none"
             raise ConfigError(f"{path}: no record of task {name} (recorded: {known})")
         results = sum(len(entry.results) for entry in record.entries.values() if entry.complete)
-        drift = verify_task(record, Path.cwd(), rehash=not args.quick)
+        base = Path(os.path.abspath(store.path)).parent
+        drift = verify_task(record, base, rehash=not args.quick)
         for item in drift:
             print(f"{name}: {item}")
         if drift:
