@@ -30,6 +30,7 @@ log = logging.getLogger("dataferry.copy")
 MIN_REQUESTS_IN_FLIGHT = 8
 MAX_REQUESTS_IN_FLIGHT = 64
 TARGET_RATE = 320 * 2**20  # bytes/s the request budget is sized for
+HEAD_BYTES = 512
 # Files at least this big are hashed in a thread beside the transfer.
 THREADED_DIGEST_BYTES = 8 * 2**20
 
@@ -49,6 +50,7 @@ class Copied:
     sha256: str
     resumed_from: int
     bytes_transferred: int
+    head: bytes = b""  # the file's first bytes (HEAD_BYTES at most): what kind it is
 
 
 class Digest:
@@ -118,9 +120,12 @@ async def copy_file(
         log.info("resuming %s at %d of %d bytes", remote.path, offset, remote.size)
     observer.file_started(task, remote.path, remote.size, offset)
     digest = Digest(threaded=remote.size >= THREADED_DIGEST_BYTES)
+    head = b""
     try:
         for chunk in writer.held_prefix():
             digest.update(chunk)
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
         blocks = reader.stream(
             offset,
             remote.size,
@@ -131,6 +136,8 @@ async def copy_file(
             async for data in blocks:
                 await writer.write(data)
                 digest.update(data)
+                if len(head) < HEAD_BYTES:
+                    head += data[: HEAD_BYTES - len(head)]
                 observer.bytes_received(task, remote.path, len(data))
                 if tee is not None:
                     await tee.feed(data)
@@ -148,7 +155,7 @@ async def copy_file(
         raise
     observer.file_finished(task, remote.path, local, remote.size)
     log.debug("saved %s (%d bytes)", local, remote.size)
-    return Copied(remote, local, received, offset, remote.size - offset)
+    return Copied(remote, local, received, offset, remote.size - offset, head)
 
 
 def check_received(remote: RemoteFile, received: int) -> None:

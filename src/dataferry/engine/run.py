@@ -27,7 +27,7 @@ from tenacity import (
 from .._connection import ConnectionSettings
 from .._exceptions import FrozenError, TransferError, TransientError
 from .._settings import TaskSettings, default_manifest_path
-from ..extract import ArchiveKind, ExtractLimits
+from ..extract import ArchiveKind, ExtractLimits, may_be_archive
 from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
@@ -76,6 +76,7 @@ class _Fetched:
     recorded: bool = False
     kind: ArchiveKind | None = None
     kind_known: bool = False
+    noted: bool = False  # an archive recorded as downloaded, not yet extracted
 
 
 class _TaskRun:
@@ -131,7 +132,7 @@ class _TaskRun:
             try:
                 await self._fetch_all(source, todo, digests)
             finally:
-                self._record_downloads()
+                self._write_entries(self._downloads_to_record())
         self.report.downloaded = [
             self._local(self.done[item.remote.path].item)
             for item in plan.files
@@ -189,7 +190,9 @@ class _TaskRun:
                 log.info("%s: %s was downloaded before; extracting it", self.name, item.relative)
                 local = str(self._local(item))
                 copied = Copied(item.remote, local, entry.source.sha256, item.remote.size, 0)
-                self.done[item.remote.path] = _Fetched(item, copied)
+                fetched = _Fetched(item, copied, noted=True, kind_known=True)
+                fetched.kind = self.sink.archive_kind(item.relative)
+                self.done[item.remote.path] = fetched
         todo = [
             item
             for item in plan.files
@@ -227,7 +230,8 @@ class _TaskRun:
                 item = queue.get_nowait()
                 await self._fetch_one(source, item, requests_per_file, digests)
                 if time.monotonic() - self.last_record >= RECORD_INTERVAL:
-                    await asyncio.to_thread(self._record_downloads)
+                    entries = self._downloads_to_record()
+                    await asyncio.to_thread(self._write_entries, entries)
 
         workers = [asyncio.create_task(worker()) for _ in range(parallel)]
         try:
@@ -324,15 +328,21 @@ class _TaskRun:
         if overlap is not None:
             fetched.early = await overlap.finish()
 
-    def _record_downloads(self) -> None:
-        """Record the plain files fetched so far (archives are recorded as they are extracted)."""
-        assert self.plan is not None
+    def _downloads_to_record(self) -> list[Entry]:
+        """Entries for the files fetched since the last record (on the event loop's thread).
+
+        Plain files are complete; archives get an incomplete entry until their
+        results are recorded (see extract()).
+        """
         self.last_record = time.monotonic()
         entries = []
         for fetched in self.done.values():
             if fetched.recorded or fetched.early is not None:
                 continue
             if self._archive_kind(fetched) is not None:
+                if fetched.noted:
+                    continue
+                fetched.noted = True
                 # Downloaded, not extracted yet: the archive is dataferry's own
                 # (a later run resumes it) until its results are recorded.
                 entries.append(
@@ -351,13 +361,18 @@ class _TaskRun:
                 continue
             entries.append(make_entry(fetched.item, fetched.copied.sha256, None, kept=True))
             fetched.recorded = True
+        return entries
+
+    def _write_entries(self, entries: list[Entry]) -> None:
         if entries and not self.settings.frozen:
             self.store.update(self.name, self.destination, upsert=entries)
 
     def _archive_kind(self, fetched: _Fetched) -> ArchiveKind | None:
         assert self.sink is not None
         if not fetched.kind_known:
-            fetched.kind = self.sink.archive_kind(fetched.item.relative)
+            if may_be_archive(fetched.copied.head):
+                fetched.kind = self.sink.archive_kind(fetched.item.relative)
+            fetched.kind_known = True
             fetched.kind_known = True
         return fetched.kind
 

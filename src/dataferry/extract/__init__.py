@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .archive_file import archive_member_paths, extract_archive
 from .checks import ExtractLimits
-from .kinds import ArchiveKind, detect_archive_kind, detect_archive_kind_of
+from .kinds import ArchiveKind, detect_archive_kind, detect_archive_kind_of, may_be_archive
 from .policy import normalize_member_path
 from .staging import StagedFile
 from .tar import extract_tar_stream
@@ -32,5 +32,6 @@ __all__ = [
     "extract_archive",
     "extract_tar_stream",
     "extract_zip_stream",
+    "may_be_archive",
     "normalize_member_path",
 ]

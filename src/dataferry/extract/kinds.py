@@ -106,6 +106,13 @@ def detect_archive_kind_of(head: bytes) -> ArchiveKind | None:
     return kind if _starts_with_tar(io.BytesIO(head), kind) else None
 
 
+def may_be_archive(head: bytes) -> bool:
+    """False when the first bytes rule out every archive kind (no file read needed)."""
+    return (
+        head[:4] in _ZIP_MAGICS or _compression_of(head) is not None or _is_tar_header(head)
+    )
+
+
 def detect_archive_kind(path: Path) -> ArchiveKind | None:
     """Recognise an archive by its content (the name is ignored).
 

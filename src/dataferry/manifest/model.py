@@ -223,16 +223,23 @@ class TaskRecord:
         entries = dict(self.entries)
         for key in remove:
             entries.pop(key, None)
+        # Who owns each result path: one pass, so merging n entries stays linear.
+        owner = {result.path: key for key, other in entries.items() for result in other.results}
         for entry in upsert:
-            entries[entry.source.path] = entry
-            claimed = {result.path for result in entry.results}
-            for key, other in list(entries.items()):
-                if key == entry.source.path or not claimed.intersection(
-                    result.path for result in other.results
-                ):
-                    continue
-                kept = tuple(result for result in other.results if result.path not in claimed)
-                entries[key] = replace(other, results=kept)
+            key = entry.source.path
+            previous = entries.get(key)
+            if previous is not None:
+                for result in previous.results:
+                    if owner.get(result.path) == key:
+                        del owner[result.path]
+            entries[key] = entry
+            for result in entry.results:
+                other_key = owner.get(result.path)
+                if other_key is not None and other_key != key:
+                    other = entries[other_key]
+                    kept = tuple(r for r in other.results if r.path != result.path)
+                    entries[other_key] = replace(other, results=kept)
+                owner[result.path] = key
         return TaskRecord(self.destination, entries)
 
 
