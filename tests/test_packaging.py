@@ -45,8 +45,9 @@ def _fresh_python(code: str) -> str:
 def test_command_line_loads_no_ssh_or_validation_library_up_front() -> None:
     """The TCP connection opens while asyncssh loads, and the login starts
     while pydantic loads: neither may come with the command line itself."""
-    loaded = _fresh_python(
-        "import sys, dataferry.cli; "
-        "print(sorted(m for m in ('asyncssh', 'pydantic', 'isal') if m in sys.modules))"
-    )
-    assert loaded == "[]"
+    for module in ("dataferry.cli", "dataferry.cli.commands.run", "dataferry.sources.ssh.tcp"):
+        loaded = _fresh_python(
+            f"import sys, {module}; "
+            "print(sorted(m for m in ('asyncssh', 'pydantic', 'isal') if m in sys.modules))"
+        )
+        assert loaded == "[]", module

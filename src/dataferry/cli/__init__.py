@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(f"dataferry {__version__}")
         return 0
-    from .commands import HANDLERS
+    from .commands import COMMANDS, handler
 
-    if args.command not in HANDLERS:
+    if args.command not in COMMANDS:
         parser.print_help()
         return 2
-    return _finish(report_errors(lambda: HANDLERS[args.command](args)))
+    return _finish(report_errors(lambda: handler(args.command)(args)))
 
 
 def run_seed_script(task: str, script: str, argv: list[str] | None = None) -> int:

@@ -108,9 +108,7 @@ def detect_archive_kind_of(head: bytes) -> ArchiveKind | None:
 
 def may_be_archive(head: bytes) -> bool:
     """False when the first bytes rule out every archive kind (no file read needed)."""
-    return (
-        head[:4] in _ZIP_MAGICS or _compression_of(head) is not None or _is_tar_header(head)
-    )
+    return head[:4] in _ZIP_MAGICS or _compression_of(head) is not None or _is_tar_header(head)
 
 
 def detect_archive_kind(path: Path) -> ArchiveKind | None:
