@@ -163,7 +163,7 @@ def test_compose_up_fetches_the_three_datasets(
         assert folder_entries(project_dir / "data" / task) == sorted(expected_data[task]), task
     # The three tasks, run at once, share one manifest outside their folders.
     assert manifest_tasks(project_dir / DEV_MANIFEST) == {
-        f"task_{n}": f"data/task{n}" for n in range(1, len(TASKS) + 1)
+        f"task_{n}": f"/app/data/task{n}" for n in range(1, len(TASKS) + 1)
     }
     # Independently of dataferry's extraction: task1's CSV is the sample zip's member.
     zipped = _sample_file(tmp_path, project_dir, f"{REMOTE_DIR}/january-small.csv.zip")
@@ -218,8 +218,8 @@ def test_seed_script_then_verify_in_the_container(
     # The manifest (and its lock) went to its own mount, kept on the host.
     manifest = project_dir / DEV_MANIFEST
     assert folder_entries(manifest.parent) == [manifest.name, f"{manifest.name}.lock"]
-    assert manifest_tasks(manifest) == {"task_1": "data/task1"}
-    # It records data/task1 relative to /app: verify runs from there, as the compose file says.
+    assert manifest_tasks(manifest) == {"task_1": "/app/data/task1"}
+    # The task folder lies outside the manifest's folder: recorded by its container path.
     verify = (
         "run",
         "--rm",
