@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dataferry.sinks.local import is_bookkeeping
+from dataferry.plan.names import is_bookkeeping
 from tests.support.faults import FaultProxy
 from tests.support.remote import REPO, Remote, run_args, run_cli, through
 

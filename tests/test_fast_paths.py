@@ -18,7 +18,7 @@ import pytest
 
 from dataferry import ArchiveError, OverwriteConflictError, run_task
 from dataferry.engine.run import OVERLAP_MIN_BYTES
-from dataferry.sinks.local import is_bookkeeping
+from dataferry.plan.names import is_bookkeeping
 from tests.support.faults import FaultPlan, FaultProxy
 from tests.support.remote import REPO, Remote, random_bytes, settings_for, through
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from dataferry._exceptions import DestinationError, TransientError
+from dataferry.plan.names import is_bookkeeping
 from dataferry.sinks import Held, Sink
 from dataferry.sinks.local import (
     RESUME_MIN_BYTES,
     LocalSink,
-    is_bookkeeping,
     lock_path,
     part_meta_path,
     part_path,

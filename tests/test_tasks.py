@@ -29,12 +29,12 @@ from dataferry._connection import ConnectionSettings, HostKeyPolicy, Secret
 from dataferry.devserver.server import EmbeddedSFTPServer, _ReadOnlySFTPServer
 from dataferry.engine.run import OVERLAP_MIN_BYTES
 from dataferry.plan import PlannedFile, files_in_flight
+from dataferry.plan.names import is_bookkeeping
 from dataferry.plan.planning import (
     FAR_SMALL_FILES_IN_FLIGHT,
     FILES_IN_FLIGHT,
     SMALL_FILES_IN_FLIGHT,
 )
-from dataferry.sinks.local import is_bookkeeping
 from dataferry.sources import RemoteFile
 from dataferry.sources.ssh.session import _host_label
 from tests.support.remote import Remote, random_bytes, sshd_connection

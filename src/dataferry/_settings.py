@@ -72,6 +72,8 @@ class TaskSettings(BaseModel):
     remote_file_path: str
     keep_zip_tar_file: Bool = False
     max_tries: int = Field(default=3, ge=1, le=1000)
+    # Seconds a server may leave one request unanswered before the try fails.
+    request_timeout: float = Field(default=60.0, gt=0, le=3600)
     retry_delay: float = Field(default=2.0, ge=0, le=3600)
     log_level: LogLevel = Field(default="INFO", alias="log-level")
     overwrite: Bool = False

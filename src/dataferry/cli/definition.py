@@ -59,6 +59,12 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "check each file's size (default), or also its sha256 (runs sha256sum on the server)",
     ),
     (
+        "--request_timeout",
+        "request_timeout",
+        "SECONDS",
+        "a request the server leaves unanswered this long fails the try (default 60)",
+    ),
+    (
         "--manifest",
         "manifest",
         "PATH",

@@ -357,6 +357,7 @@ class EmbeddedSFTPServer:
         password: str | None = None,
         host_key: asyncssh.SSHKey | None = None,
         client_keys: Sequence[asyncssh.SSHKey] = (),
+        sftp_server_class: type[_ReadOnlySFTPServer] | None = None,
     ) -> None:
         if password == "":
             raise ConfigError("the SFTP server password must not be empty")
@@ -374,6 +375,8 @@ class EmbeddedSFTPServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._known_hosts_path: Path | None = None
+        # Tests serve misbehaving variants (tests/support/hostile.py).
+        self._sftp_server_class = sftp_server_class or _ReadOnlySFTPServer
 
     def __repr__(self) -> str:  # never show the password
         return (
@@ -396,9 +399,11 @@ class EmbeddedSFTPServer:
             raise ConfigError(f"cannot serve {self.root}: not a directory")
         self._root_bytes = root = os.fsencode(os.path.realpath(self.root))
 
+        server_class = self._sftp_server_class
+
         def sftp_factory(chan: object) -> _ReadOnlySFTPServer:
             # asyncssh passes the session's SSHServerChannel (annotated as its base class).
-            return _ReadOnlySFTPServer(cast(asyncssh.SSHServerChannel[bytes], chan), root)
+            return server_class(cast(asyncssh.SSHServerChannel[bytes], chan), root)
 
         async def process_factory(process: asyncssh.SSHServerProcess[str]) -> None:
             await _run_process(root, process)

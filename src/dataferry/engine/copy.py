@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .._exceptions import TransientError
 from ..observe import TaskObserver
+from ..plan.names import shown
 from ..sinks import PartWriter
 from ..sources import RemoteFile, Source, SourceReader
 from .tee import StreamTee
@@ -117,7 +118,7 @@ async def copy_file(
     remote = reader.file
     offset = writer.offset
     if offset:
-        log.info("resuming %s at %d of %d bytes", remote.path, offset, remote.size)
+        log.info("resuming %s at %d of %d bytes", shown(remote.path), offset, remote.size)
     observer.file_started(task, remote.path, remote.size, offset)
     digest = Digest(threaded=remote.size >= THREADED_DIGEST_BYTES)
     head = b""
@@ -131,6 +132,7 @@ async def copy_file(
             remote.size,
             block_size=source.block_size,
             requests_in_flight=requests_in_flight,
+            check_end=True,
         )
         try:
             async for data in blocks:
@@ -154,7 +156,7 @@ async def copy_file(
         await writer.close()
         raise
     observer.file_finished(task, remote.path, local, remote.size)
-    log.debug("saved %s (%d bytes)", local, remote.size)
+    log.debug("saved %s (%d bytes)", shown(local), remote.size)
     return Copied(remote, local, received, offset, remote.size - offset, head)
 
 

@@ -31,6 +31,7 @@ from ..extract import ArchiveKind, ExtractLimits, may_be_archive
 from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
+from ..plan.names import shown
 from ..sinks import Extracted, Sink
 from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
@@ -113,6 +114,7 @@ class _TaskRun:
         self.report.tries += 1
         self.observer.state_changed(self.name, TaskState.CONNECTING)
         async with self.connector.session() as source:
+            source.request_timeout = self.settings.request_timeout
             self.observer.state_changed(self.name, TaskState.LISTING)
             listing = await source.find(self.settings.remote_file_path, self.settings.include)
             plan = plan_files(self.settings, listing)
@@ -391,7 +393,12 @@ class _TaskRun:
                 if kind is None:
                     continue  # a plain file: recorded with the downloads
                 self.observer.state_changed(self.name, TaskState.EXTRACTING)
-                log.info("extracting %s (%s) into %s", path, kind.value, path.parent)
+                log.info(
+                    "extracting %s (%s) into %s",
+                    shown(str(path)),
+                    kind.value,
+                    shown(str(path.parent)),
+                )
                 results = sink.extract_file(
                     item.relative,
                     kind,

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from ..plan.names import shown
 from .events import TaskObserver
 
 if TYPE_CHECKING:
@@ -114,8 +115,14 @@ class BarProgress(TaskObserver):
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
+    def _escape(self, text: str) -> str:
+        from rich.markup import escape as rich_escape
+
+        return rich_escape(text)
+
     def file_started(self, task: str, remote_path: str, size: int, offset: int) -> None:
-        name = remote_path.rsplit("/", 1)[-1]
+        # rich would interpret [markup] in a name, a terminal its escape sequences.
+        name = self._escape(shown(remote_path.rsplit("/", 1)[-1]))
         if remote_path in self.bars:
             self.progress.reset(self.bars[remote_path], total=size, completed=offset)
         else:

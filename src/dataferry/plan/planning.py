@@ -13,9 +13,10 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._exceptions import ConfigError, DestinationError
+from .._exceptions import ConfigError, DestinationError, RemotePathError
 from .._settings import TaskSettings
 from ..sources import Listing, RemoteFile, Source
+from .names import shown, unsafe_name_reason
 
 log = logging.getLogger("dataferry.plan")
 
@@ -71,7 +72,14 @@ def plan_files(settings: TaskSettings, listing: Listing) -> Plan:
     layout = layout_of(settings, listing)
     files: tuple[PlannedFile, ...]
     if layout.file_name is not None:
-        files = (PlannedFile(listing.files[0], layout.file_name),)
+        remote = listing.files[0]
+        if layout.file_name == remote.name and not _acceptable(settings.name, remote):
+            raise RemotePathError(
+                f"{settings.name}: the server names {shown(listing.path)} "
+                f"{shown(repr(remote.name))}, which cannot be a local file name; "
+                "give file_save_path a file name"
+            )
+        files = (PlannedFile(remote, layout.file_name),)
     else:
         if not listing.files:
             log.warning(
@@ -80,9 +88,21 @@ def plan_files(settings: TaskSettings, listing: Listing) -> Plan:
                 listing.path,
                 ", ".join(settings.include),
             )
-        files = tuple(PlannedFile(remote, remote.name) for remote in listing.files)
+        files = tuple(
+            PlannedFile(remote, remote.name)
+            for remote in listing.files
+            if _acceptable(settings.name, remote)
+        )
     _refuse_shared_names(settings.name, files)
     return Plan(listing, files, layout.folder)
+
+
+def _acceptable(task: str, remote: RemoteFile) -> bool:
+    reason = unsafe_name_reason(remote.name)
+    if reason is None:
+        return True
+    log.warning("%s: skipping %s from the server: %s", task, shown(repr(remote.name)), reason)
+    return False
 
 
 def _refuse_shared_names(task: str, files: tuple[PlannedFile, ...]) -> None:

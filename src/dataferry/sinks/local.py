@@ -55,12 +55,6 @@ LOCK_WAIT_SECONDS = 600.0
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def is_bookkeeping(name: str) -> bool:
-    """Hidden files dataferry keeps beside the data while it works (partial downloads,
-    extraction staging)."""
-    return name.startswith(".") and "dataferry" in name
-
-
 def part_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{PART_SUFFIX}")
 

@@ -74,15 +74,25 @@ class SourceReader(abc.ABC):
         return b"".join(chunks)
 
     async def stream(
-        self, start: int, end: int, *, block_size: int, requests_in_flight: int
+        self,
+        start: int,
+        end: int,
+        *,
+        block_size: int,
+        requests_in_flight: int,
+        check_end: bool = False,
     ) -> AsyncGenerator[bytes, None]:
         """Bytes [start, end) in order, with up to requests_in_flight reads outstanding.
 
         A short reply (a server cap, or a file that shrank) is completed at
         once; a file that ends early raises TransientError (it changed).
+        check_end: end is the file's listed size; a read there, sent with the
+        last blocks (no extra round trip), must find nothing, or the file is
+        longer than listed (it grew, or the listing lied): TransientError.
         """
         next_offset = start
         pending: deque[tuple[int, int, asyncio.Future[bytes]]] = deque()
+        probe: asyncio.Future[bytes] | None = None
         try:
             while pending or next_offset < end:
                 while next_offset < end and len(pending) < requests_in_flight:
@@ -90,6 +100,8 @@ class SourceReader(abc.ABC):
                     read = asyncio.ensure_future(self.read(next_offset, length))
                     pending.append((next_offset, length, read))
                     next_offset += length
+                if check_end and probe is None and next_offset >= end:
+                    probe = asyncio.ensure_future(self.read(end, 1))
                 offset, length, task = pending.popleft()
                 data = await task
                 while len(data) < length:
@@ -101,7 +113,19 @@ class SourceReader(abc.ABC):
                         )
                     data += more
                 yield data
+            if check_end:
+                if probe is None:
+                    probe = asyncio.ensure_future(self.read(end, 1))
+                if await probe:
+                    raise TransientError(
+                        f"{self.file.path}: longer than the {end} bytes listed; "
+                        "it changed during the transfer"
+                    )
         finally:
+            if probe is not None and not probe.done():
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await probe
             for _, _, task in pending:
                 task.cancel()
             for _, _, task in pending:
@@ -114,6 +138,9 @@ class Source(abc.ABC):
 
     #: The fastest request seen: a fair estimate of the link's round trip (inf: none yet).
     round_trip: float = float("inf")
+    #: Seconds of silence after which one request fails (as transient); the engine
+    #: sets it from the task's request_timeout.
+    request_timeout: float = 60.0
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -21,6 +21,7 @@ from ..._defaults import DEFAULT_CONFIG_FILE, LOG_LEVELS
 from ..._exceptions import ConfigError, DataferryError
 from ...observe import ObserverGroup, TaskObserver
 from ...observe.progress import BarProgress, LogProgress, human_bytes, use_bars
+from ...plan.names import shown
 from ...sources.ssh.tcp import EarlyConnection
 from .. import configure_logging
 from ..definition import overrides_from
@@ -197,4 +198,4 @@ def _print_report(report: TaskReport) -> None:
         f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
     )
     for path in report.files:
-        print(f"  {path}")
+        print(f"  {shown(str(path))}")

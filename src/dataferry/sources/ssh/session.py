@@ -129,7 +129,8 @@ class SSHReader(SourceReader):
 
     async def read(self, offset: int, length: int) -> bytes:
         with translate_sftp_errors(self.file.path):
-            data = await self._handle.read(length, offset)
+            async with asyncio.timeout(self._source.request_timeout):
+                data = await self._handle.read(length, offset)
         assert isinstance(data, bytes)  # opened in binary mode
         return data
 
@@ -174,12 +175,16 @@ class SSHSource(Source):
     async def drain(self) -> None:
         """Wait for background closes; their outcome does not matter to the data."""
         if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            # A stuck server may never answer them: give up after one request's time.
+            _, late = await asyncio.wait(self._background, timeout=self.request_timeout)
+            for task in late:
+                task.cancel()
 
     async def stat(self, remote_path: str) -> asyncssh.SFTPAttrs:
         started = time.monotonic()
         with translate_sftp_errors(remote_path):
-            attrs = await self.sftp.stat(remote_path)
+            async with asyncio.timeout(self.request_timeout):
+                attrs = await self.sftp.stat(remote_path)
         self.round_trip = min(self.round_trip, time.monotonic() - started)
         return attrs
 
@@ -208,7 +213,8 @@ class SSHSource(Source):
 
     async def _read_folder(self, remote_dir: str) -> Sequence[asyncssh.SFTPName]:
         with translate_sftp_errors(remote_dir):
-            return await self.sftp.readdir(remote_dir)
+            async with asyncio.timeout(self.request_timeout):
+                return await self.sftp.readdir(remote_dir)
 
     async def _matching_files(
         self, remote_dir: str, entries: Sequence[asyncssh.SFTPName], include: tuple[str, ...]
@@ -227,7 +233,8 @@ class SSHSource(Source):
             if attrs.permissions is not None and stat.S_ISLNK(attrs.permissions):
                 # READDIR reports the link itself; follow it to see what it points at.
                 with contextlib.suppress(asyncssh.SFTPError):
-                    attrs = await self.sftp.stat(str(PurePosixPath(remote_dir) / name))
+                    async with asyncio.timeout(self.request_timeout):
+                        attrs = await self.sftp.stat(str(PurePosixPath(remote_dir) / name))
             if attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
                 continue
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
@@ -243,7 +250,8 @@ class SSHSource(Source):
     async def open(self, file: RemoteFile) -> SSHReader:
         """Open a remote file for reading; close it with its close_later()."""
         with translate_sftp_errors(file.path):
-            handle = await self.sftp.open(file.path, "rb", block_size=0)
+            async with asyncio.timeout(self.request_timeout):
+                handle = await self.sftp.open(file.path, "rb", block_size=0)
         return SSHReader(file, handle, self)
 
     async def sha256_digests(self, remote_paths: list[str]) -> dict[str, str]:
@@ -301,7 +309,12 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
         raise TransientError(f"server failed to read {remote_path}: {exc.reason}") from exc
     except asyncssh.SFTPError as exc:
         raise RemotePathError(f"cannot read remote path {remote_path}: {exc.reason}") from None
-    except (ConnectionError, TimeoutError, asyncssh.DisconnectError) as exc:
+    except TimeoutError as exc:
+        raise TransientError(
+            f"the server did not answer a request for {remote_path} in time "
+            "(request_timeout); it may be stuck"
+        ) from exc
+    except (ConnectionError, asyncssh.DisconnectError) as exc:
         # Network failures only: local disk errors (plain OSError) must not be retried.
         raise TransientError(
             f"connection lost while reading {remote_path}: {_reason(exc)}"
@@ -379,7 +392,9 @@ async def _connect(
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise TransientError(f"cannot connect to {settings.describe()}: {_reason(exc)}") from exc
     try:
-        sftp = await connection.start_sftp_client()
+        # A server that accepts the subsystem but never answers its INIT.
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            sftp = await connection.start_sftp_client()
     except BaseException as exc:
         await _close(connection)
         if isinstance(exc, OSError | asyncssh.Error):
