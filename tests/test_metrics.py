@@ -6,6 +6,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -227,3 +228,55 @@ def test_stop_frees_the_port_and_start_twice_fails() -> None:
         assert fetch(again, "/healthz")[0] == 200
     finally:
         again.stop()
+
+
+def test_metrics_listen_on_loopback_and_a_busy_port_is_exit_2(tmp_path: Path) -> None:
+    """The endpoint has no authentication: loopback unless --metrics_host says
+    otherwise; a port already in use is a configuration error, not a bug."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support.remote import REPO
+
+    server = MetricsServer()
+    server.start(port=0)
+    try:
+        assert server._httpd is not None
+        assert server._httpd.server_address[0] == "127.0.0.1"
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dataferry",
+                    "run",
+                    "t",
+                    "--file_save_path",
+                    "x",
+                    "--remote_file_path",
+                    "/x",
+                    "--metrics_port",
+                    str(port),
+                ],
+                env={
+                    "PYTHONPATH": str(REPO / "src"),
+                    "REMOTE_HOST_ADDRESS": "127.0.0.1",
+                    "REMOTE_PORT": "1",
+                    "USERNAME": "u",
+                    "PASSWORD": "p",
+                    "PATH": "/usr/bin:/bin",
+                },
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+    finally:
+        server.stop()
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr

@@ -88,7 +88,8 @@ def test_booleans_from_json_and_strings(tmp_path: Path, raw: object, expected: b
         ("task_1", "log-level", "LOUD", "task_1.log-level: expected one of DEBUG, INFO"),
         ("task_1", "remote_file_path", "", "task_1.remote_file_path: must not be empty"),
         ("task_1", "include", [], "task_1.include: expected a non-empty list of glob patterns"),
-        ("task_1", "maxtries", 3, "task_1.maxtries: unknown key (known keys: file_save_path"),
+        ("task_1", "maxtries", 3, "task_1.maxtries: unknown key maxtries; did you mean max_tries?"),
+        ("task_1", "zzz", 3, "task_1.zzz: unknown key zzz (known keys: file_save_path"),
     ],
 )
 def test_bad_values_name_file_task_and_key(
@@ -198,3 +199,27 @@ def test_any_config_is_valid_or_a_clear_error(
         resolve_task("task_1", ConfigFile.load(path))
     except ConfigError as exc:
         assert "\n" not in str(exc) and str(exc)
+
+
+def test_a_value_under_an_unknown_key_is_never_echoed(tmp_path: Path) -> None:
+    """A password put into config.json by mistake stays out of the error."""
+    config = write_config(tmp_path, {**BASE, "task_1": {**BASE["task_1"], "password": "hunter2"}})
+    with pytest.raises(ConfigError, match="unknown key password") as error:
+        resolve_task("task_1", config)
+    assert "hunter2" not in str(error.value)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(BASE).encode())
+    assert resolve_task("task_2", ConfigFile.load(path)).max_tries == 4
+
+
+def test_huge_or_deep_config_files_fail_at_once(tmp_path: Path) -> None:
+    """/dev/zero or a 100,000-deep JSON: one line, exit 2, no memory blow-up."""
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        ConfigFile.load(Path("/dev/zero"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        ConfigFile.load(deep)

@@ -10,6 +10,7 @@ names where the value came from (``config.json: task_2.max_tries: ...`` or
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -79,6 +80,8 @@ class TaskSettings(BaseModel):
     overwrite: Bool = False
     include: tuple[str, ...] = DEFAULT_INCLUDE
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Where the metrics endpoint listens: loopback unless asked (it has no authentication).
+    metrics_host: str = "127.0.0.1"
     verify: Literal["size", "sha256"] = "size"
     force: Bool = False
     # Decompression-bomb caps: total bytes an archive may unpack to, and the
@@ -136,6 +139,7 @@ TASK_KEYS = tuple(
     if name not in ("name", "save_path_is_folder")
 )
 MANIFEST_ENV = "DATAFERRY_MANIFEST"
+MAX_CONFIG_BYTES = 2**20
 MANIFEST_NAME = "dataferry.manifest.json"
 
 _MESSAGES = {
@@ -181,17 +185,30 @@ class ConfigFile:
     @classmethod
     def load(cls, path: Path) -> ConfigFile:
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a config file?"
+            )
+        try:
+            text = raw.decode("utf-8-sig")  # a byte order mark is no error
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: cannot read config file: not UTF-8 ({exc.reason})"
+            ) from None
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: expected a JSON object with a common section and tasks")
         common = document.get("common", {})
@@ -246,7 +263,15 @@ def resolve_task(
             raise ConfigError(
                 f"{scope}: {key} is required; set it in the task section, in common, or with {flag}"
             ) from None
-        if key in values:
+        if error["type"] == "extra_forbidden":
+            # Never echo the value of a key we do not know: it may be a password.
+            close = difflib.get_close_matches(key, TASK_KEYS, n=1)
+            message = (
+                f"unknown key {key}; did you mean {close[0]}?"
+                if close
+                else f"unknown key {key} (known keys: {', '.join(TASK_KEYS)})"
+            )
+        elif key in values:
             message = f"{message}, got {_show(values[key])}"
         raise ConfigError(f"{where}: {message}") from None
     check_container_save_path(settings)

@@ -349,6 +349,8 @@ def test_metrics_on_the_published_port_while_a_task_runs(docker: Docker, dev_ima
         "config.json",
         "--metrics_port",
         "8000",
+        "--metrics_host",
+        "0.0.0.0",  # inside the container: the published port reaches it
         "--max_tries",
         "30",
         "--retry_delay",

@@ -77,6 +77,13 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "PORT",
         "serve GET /healthz and /metrics (Prometheus) on this port while the task runs",
     ),
+    (
+        "--metrics_host",
+        "metrics_host",
+        "ADDRESS",
+        "address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for all, "
+        "as in a container)",
+    ),
 )
 
 EPILOG = (

@@ -168,7 +168,7 @@ class MetricsServer(TaskObserver):
 
     # --- HTTP ---------------------------------------------------------------------
 
-    def start(self, host: str = "0.0.0.0", port: int = 8000) -> None:
+    def start(self, host: str = "127.0.0.1", port: int = 8000) -> None:
         """Listen on host:port (port 0 picks a free one, see :attr:`port`) in a thread."""
         if self._httpd is not None:
             raise RuntimeError("metrics server already started")

@@ -185,7 +185,13 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
             from ...observe.metrics import MetricsServer
 
             metrics = MetricsServer()
-            metrics.start(port=settings.metrics_port)
+            try:
+                metrics.start(host=settings.metrics_host, port=settings.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{settings.name}: cannot serve metrics on "
+                    f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror or exc}"
+                ) from None
             stack.callback(metrics.stop)
             group.add(metrics)
         yield group
