@@ -365,3 +365,23 @@ def test_host_name_resolved_at_start_up(remote: Remote, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "using the TCP connection opened at start-up" in result.stderr
     assert (tmp_path / "a.csv").read_text() == "a\n"
+
+
+def test_all_with_a_path_flag_is_refused(tmp_path: Path) -> None:
+    """Every task would write to the one path: exit 2 before anything happens."""
+    write_config(
+        tmp_path,
+        {
+            "a": {"file_save_path": "./a", "remote_file_path": "/a"},
+            "b": {"file_save_path": "./b", "remote_file_path": "/b"},
+        },
+    )
+    env = {
+        "REMOTE_HOST_ADDRESS": "127.0.0.1",
+        "USERNAME": "u",
+        "PASSWORD": "p",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = run_cli(["-m", "dataferry", "run", "--all", "--file_save_path", "./x"], env, tmp_path)
+    assert_one_line_error(result, 2, "--all runs every task", "--file_save_path")
+    assert not (tmp_path / "x").exists()

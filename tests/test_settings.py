@@ -223,3 +223,20 @@ def test_huge_or_deep_config_files_fail_at_once(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         ConfigFile.load(deep)
+
+
+def test_tilde_means_the_home_folder(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            **BASE,
+            "task_2": {
+                **BASE["task_2"],
+                "file_save_path": "~/data/b.tar.gz",
+                "manifest": "~/m.json",
+            },
+        },
+    )
+    task = resolve_task("task_2", config)
+    assert task.file_save_path == Path.home() / "data" / "b.tar.gz"
+    assert task.manifest == Path.home() / "m.json"

@@ -118,7 +118,12 @@ class TaskSettings(BaseModel):
     def _save_path_is_usable(cls, value: Path) -> Path:
         if not str(value).strip():
             raise ValueError("must not be empty")
-        return value
+        return value.expanduser()  # "~/data" means the home folder, as in a shell
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     @field_validator("include", mode="before")
     @classmethod

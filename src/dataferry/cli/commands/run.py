@@ -60,6 +60,14 @@ def run_command(args: argparse.Namespace) -> int:
         )
         if not args.all:
             return _resolve_tasks([args.task], config, overrides_from(args))
+        given = [
+            key for key in ("file_save_path", "remote_file_path") if key in overrides_from(args)
+        ]
+        if given:
+            raise ConfigError(
+                f"--all runs every task of the config file: --{given[0]} would send them all "
+                "to one path; name one task instead"
+            )
         if config is None:
             raise ConfigError(f"--all needs a config file ({DEFAULT_CONFIG_FILE} not found)")
         if not config.tasks:
