@@ -296,3 +296,40 @@ def test_hostile_archive_changes_nothing(remote: Remote, tmp_path: Path) -> None
         "evil.zip",
         "fine.csv",
     ]
+
+
+def test_sigterm_is_handled_like_ctrl_c(remote: Remote, tmp_path: Path) -> None:
+    """What docker stop and Kubernetes send: a message, partial files kept, exit 143."""
+    source = random_file(remote.root / "t.bin", 16 << 20)
+    save = tmp_path / "t.bin"
+    args = run_args(save, remote.path(source), "--retry_delay", "0")
+    with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
+        env = {
+            **remote.env(),
+            "REMOTE_PORT": str(proxy.port),
+            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
+            "PYTHONPATH": str(REPO / "src"),
+        }
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            part = part_path(save)
+            if part.exists() and part.stat().st_size > (3 << 20):
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert "terminated; partial downloads are kept" in err and "Traceback" not in err
+    assert not save.exists()
+    assert part_path(save).stat().st_size > 0
+    result = run_cli([*args, "--log-level", "INFO"], remote.env(), tmp_path)
+    assert result.returncode == 0 and "resuming" in result.stderr, result.stderr
+    assert save.read_bytes() == source.read_bytes()

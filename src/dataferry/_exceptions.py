@@ -82,7 +82,8 @@ EXIT_CODES: dict[int, str] = {
     7: "destination problem: would overwrite, disk full, not writable",
     8: "verify found missing or changed files",
     9: "--frozen: the remote or the local data differs from the manifest",
-    130: "interrupted",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM: docker stop, Kubernetes)",
 }
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from .. import __version__
 from .._defaults import DEFAULT_CONFIG_FILE
@@ -58,10 +60,25 @@ def _finish(code: int) -> int:
     return code
 
 
+class Terminated(BaseException):
+    """SIGTERM (docker stop, Kubernetes): unwinds like Ctrl-C, so partial files are kept."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def report_errors(action: Callable[[], int]) -> int:
     """Map every dataferry error to its exit code: one line on stderr, no traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
+    except Terminated:
+        print(
+            "dataferry: terminated; partial downloads are kept and resume on the next run",
+            file=sys.stderr,
+        )
+        return 143
     except DataferryError as exc:
         log.debug("failure", exc_info=True)
         print(f"dataferry: error: {exc}", file=sys.stderr)
@@ -80,6 +97,8 @@ def report_errors(action: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def configure_logging(level: str) -> None:

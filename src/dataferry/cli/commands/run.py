@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from ...observe import ObserverGroup, TaskObserver
 from ...observe.progress import BarProgress, LogProgress, human_bytes, use_bars
 from ...plan.names import shown
 from ...sources.ssh.tcp import EarlyConnection
-from .. import configure_logging
+from .. import Terminated, configure_logging
 from ..definition import overrides_from
 
 if TYPE_CHECKING:
@@ -109,7 +110,31 @@ def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
     from ...sources.ssh import SSHConnector  # asyncssh: loads while the TCP connection opens
 
     connector = SSHConnector(connection, early) if connection else None
-    return asyncio.run(_run_tasks_async(prepare, connector, connection_error))
+    return asyncio.run(_until_terminated(_run_tasks_async(prepare, connector, connection_error)))
+
+
+async def _until_terminated(work: Coroutine[object, object, int]) -> int:
+    """Run work; SIGTERM cancels it as Ctrl-C does (every file closed, partial files
+    kept), then surfaces as Terminated (exit 143)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _run_tasks_async(
