@@ -7,6 +7,7 @@ never a half-written file under a final name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -153,22 +155,20 @@ def restart_sshd(server: OpenSSHServer) -> None:
     server.restart()
 
 
-def test_sigkill_then_rerun_resumes(remote: Remote, tmp_path: Path) -> None:
-    source = random_file(remote.root / "k.bin", 16 << 20)
-    save = tmp_path / "k.bin"
-    args = run_args(save, remote.path(source), "--retry_delay", "0")
+@contextlib.contextmanager
+def download_under_way(
+    remote: Remote, tmp_path: Path, args: list[str], save: Path, **popen: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """The CLI fetching through a 4 MB/s proxy, returned once 3 MiB are on disk."""
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
         env = {
             **remote.env(),
             "REMOTE_PORT": str(proxy.port),
             "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
+            "PYTHONPATH": str(REPO / "src"),
         }
         process = subprocess.Popen(
-            [sys.executable, *args],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, *args], env=env, cwd=tmp_path, text=True, **popen
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
@@ -176,6 +176,15 @@ def test_sigkill_then_rerun_resumes(remote: Remote, tmp_path: Path) -> None:
             if part.exists() and part.stat().st_size > (3 << 20):
                 break
             time.sleep(0.02)
+        yield process
+
+
+def test_sigkill_then_rerun_resumes(remote: Remote, tmp_path: Path) -> None:
+    source = random_file(remote.root / "k.bin", 16 << 20)
+    save = tmp_path / "k.bin"
+    args = run_args(save, remote.path(source), "--retry_delay", "0")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with download_under_way(remote, tmp_path, args, save, **quiet) as process:
         process.send_signal(signal.SIGKILL)
         process.wait()
     held = part_path(save).stat().st_size
@@ -303,27 +312,8 @@ def test_sigterm_is_handled_like_ctrl_c(remote: Remote, tmp_path: Path) -> None:
     source = random_file(remote.root / "t.bin", 16 << 20)
     save = tmp_path / "t.bin"
     args = run_args(save, remote.path(source), "--retry_delay", "0")
-    with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
-        process = subprocess.Popen(
-            [sys.executable, *args],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            part = part_path(save)
-            if part.exists() and part.stat().st_size > (3 << 20):
-                break
-            time.sleep(0.02)
+    piped = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    with download_under_way(remote, tmp_path, args, save, **piped) as process:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 143, err
