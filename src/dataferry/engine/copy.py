@@ -16,7 +16,6 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from .._exceptions import TransientError
 from ..observe import TaskObserver
 from ..plan.names import shown
 from ..sinks import PartWriter
@@ -158,8 +157,3 @@ async def copy_file(
     observer.file_finished(task, remote.path, local, remote.size)
     log.debug("saved %s (%d bytes)", shown(local), remote.size)
     return Copied(remote, local, received, offset, remote.size - offset, head)
-
-
-def check_received(remote: RemoteFile, received: int) -> None:
-    if received != remote.size:
-        raise TransientError(f"{remote.path}: got {received} of {remote.size} bytes")

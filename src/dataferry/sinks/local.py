@@ -136,6 +136,7 @@ class LocalPartWriter(PartWriter):
         self.resumable = remote.size >= RESUME_MIN_BYTES
         self.offset = 0
         self._fd = -1
+        self._read_fd = -1  # opened only to hash a resumed prefix
         self._written = 0
         self._synced = 0
         self._flushing: asyncio.Future[None] | None = None
@@ -188,7 +189,7 @@ class LocalPartWriter(PartWriter):
             yield chunk
 
     def _fd_for_reading(self) -> int:
-        if not hasattr(self, "_read_fd"):
+        if self._read_fd < 0:
             self._read_fd = _open_nofollow(self.part, os.O_RDONLY)
         return self._read_fd
 
@@ -264,9 +265,8 @@ class LocalPartWriter(PartWriter):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        read_fd = getattr(self, "_read_fd", -1)
-        if read_fd >= 0:
-            os.close(read_fd)
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
             self._read_fd = -1
 
     def discard(self) -> None:
