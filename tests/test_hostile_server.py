@@ -5,6 +5,7 @@ terminal unescaped. Names are planted on disk, so both real servers serve them."
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pytest
 
 from dataferry import TaskSettings, TransferError, run_task
 from dataferry.devserver.server import EmbeddedSFTPServer
-from tests.support.hostile import ShortSizes, StallingReads
+from tests.support.hostile import (
+    ShortSizes,
+    StallingFolderReads,
+    StallingOpens,
+    StallingReads,
+    StallingStats,
+    UnsendableNames,
+    run_cli_against,
+)
 from tests.support.remote import Remote, random_bytes, run_args, run_cli
 
 
@@ -82,3 +91,100 @@ def test_hostile_names_are_skipped_and_shown_escaped(remote: Remote, tmp_path: P
         assert "\nINFO: all good" not in stream
     assert "\\x1b" in result.stderr and "\\n" in result.stderr
     assert "a name dataferry uses for its own files" in result.stderr
+
+
+def tree(root: Path, leave_out: Path) -> dict[str, bytes | None]:
+    """Every path under root (but under leave_out) with a file's bytes."""
+    return {
+        str(path.relative_to(root)): path.read_bytes() if path.is_file() else None
+        for path in root.rglob("*")
+        if path != leave_out and leave_out not in path.parents
+    }
+
+
+def hostile_run(
+    server_class: type, tmp_path: Path, remote_path: str, *flags: str, mine: bool = False
+) -> tuple[subprocess.CompletedProcess[str], float, Path]:
+    """The CLI against server_class serving tmp_path/srv into tmp_path/work/out (holding
+    a file of the user's when mine): the result, the time it took, and the destination.
+    Asserts that nothing outside the destination changed, and that the user's file
+    is intact."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "known_hosts").touch()
+    out = work / "out"
+    if mine:
+        out.mkdir()
+        (out / "mine.txt").write_bytes(b"kept")
+    before = tree(tmp_path, out)
+    started = time.monotonic()
+    result = asyncio.run(
+        run_cli_against(server_class, tmp_path / "srv", run_args(out, remote_path, *flags), work)
+    )
+    elapsed = time.monotonic() - started
+    before.pop("work/known_hosts")  # the harness writes the server's key there
+    after = tree(tmp_path, out)
+    after.pop("work/known_hosts")
+    assert after == before, "something outside the destination changed"
+    if mine:
+        assert (out / "mine.txt").read_bytes() == b"kept"
+    return result, elapsed, out
+
+
+def no_raw_escapes(result: subprocess.CompletedProcess[str]) -> None:
+    for stream in (result.stdout, result.stderr):
+        assert "\x1b" not in stream and "\x00" not in stream and "\x07" not in stream
+
+
+@pytest.mark.parametrize("mine", [False, True], ids=["new-destination", "existing-destination"])
+def test_names_only_a_server_can_send_are_skipped(tmp_path: Path, mine: bool) -> None:
+    """ "/", "", "a/b", "/etc/passwd", "../x", NUL: each listed as a 2 MiB file. A listed
+    "/" with --include '*' once replaced a not-yet-created destination by a file."""
+    (tmp_path / "srv" / "drop").mkdir(parents=True)
+    (tmp_path / "srv" / "drop" / "ok.csv").write_bytes(b"fine")
+    (tmp_path / "srv" / "a").mkdir()
+    (tmp_path / "srv" / "a" / "b.csv").write_bytes(b"from another folder")
+    result, elapsed, out = hostile_run(
+        UnsendableNames, tmp_path, "/drop", "--include", "*", "--request_timeout", "5", mine=mine
+    )
+    assert result.returncode == 0, result.stderr
+    expected = ["mine.txt", "ok.csv"] if mine else ["ok.csv"]
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert (out / "ok.csv").read_bytes() == b"fine"
+    no_raw_escapes(result)
+    for shown_name in ("'/'", "''", "'a/b.csv'", "'/etc/passwd'", "'../escape.csv'", "nul\\x00"):
+        assert shown_name in result.stderr, shown_name
+    assert elapsed < 60
+
+
+@pytest.mark.parametrize(
+    ("server_class", "remote_path"),
+    [(StallingStats, "/f.bin"), (StallingOpens, "/f.bin"), (StallingFolderReads, "/drop")],
+    ids=["stat", "open", "folder-read"],
+)
+def test_a_server_that_stops_answering_ends_the_run_resumable(
+    tmp_path: Path, server_class: type, remote_path: str
+) -> None:
+    (tmp_path / "srv" / "drop").mkdir(parents=True)
+    (tmp_path / "srv" / "f.bin").write_bytes(random_bytes(1 << 20, 2))
+    (tmp_path / "srv" / "drop" / "g.bin").write_bytes(b"g")
+    result, elapsed, out = hostile_run(
+        server_class,
+        tmp_path,
+        remote_path,
+        "--request_timeout",
+        "1",
+        "--max_tries",
+        "2",
+        "--retry_delay",
+        "0",
+        mine=True,
+    )
+    assert result.returncode == 5, result.stderr
+    assert "did not answer" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    no_raw_escapes(result)
+    # Two tries of at most a few deadlines each, plus connecting: far below the
+    # hour the server would stall for.
+    assert elapsed < 60

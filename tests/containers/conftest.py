@@ -130,6 +130,17 @@ def _gate() -> None:
         pytest.skip(reason)
 
 
+#: Planted in the copied project folder; test_images_carry_no_secrets_or_dot_files
+#: checks that neither image holds any of them.
+PLANTED_SECRETS = (
+    "keys/id_ed25519",
+    "id_rsa",
+    "prod.env",
+    "src/credentials.env",
+    "src/dataferry/server.pem",
+)
+
+
 def _copy_repo(dest: Path) -> None:
     """What git would commit (tracked + untracked, not ignored), without .env or data."""
     listed = (
@@ -183,7 +194,16 @@ def project_dir() -> Iterator[Path]:
         # .env.example: DATAFERRY_CONTAINERS_DOTENV=PATH).
         dotenv = os.environ.get("DATAFERRY_CONTAINERS_DOTENV") or root / ".env.example"
         shutil.copy(dotenv, root / ".env")
+        # What users leave lying in a project folder: never part of an image.
+        for planted in PLANTED_SECRETS:
+            (root / planted).parent.mkdir(parents=True, exist_ok=True)
+            (root / planted).write_text("secret\n", encoding="utf-8")
         yield root
+
+
+@pytest.fixture(scope="session")
+def planted_secrets() -> tuple[str, ...]:
+    return PLANTED_SECRETS
 
 
 @pytest.fixture(scope="session")

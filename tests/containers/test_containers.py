@@ -555,11 +555,13 @@ def test_report_image_sizes(docker: Docker, dev_image: str, prod_image: str) -> 
 
 
 def test_images_carry_no_secrets_or_dot_files(
-    docker: Docker, dev_image: str, prod_image: str
+    docker: Docker, dev_image: str, prod_image: str, planted_secrets: tuple[str, ...]
 ) -> None:
     script = (
         "import pathlib; print([str(p) for p in pathlib.Path('/app').rglob('*') "
-        "if p.name.startswith('.env') or p.name in ('.git', '.venv', 'tests')])"
+        "if p.name.startswith('.env') or p.name in ('.git', '.venv', 'tests') "
+        f"or p.name in {sorted({Path(name).name for name in planted_secrets})!r} "
+        "or p.name == 'keys'])"
     )
     for image in (dev_image, prod_image):
         out = docker.docker("run", "--rm", "--entrypoint", "python", image, "-c", script).stdout

@@ -15,9 +15,9 @@ import os
 import shlex
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -33,6 +33,7 @@ from ..base import Listing, RemoteFile, Source, SourceConnector, SourceReader
 from .tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
 
 log = logging.getLogger("dataferry.ssh")
+_T = TypeVar("_T")
 
 # A far link is bound by the channel window: asyncssh's 2 MiB default allows only
 # 2 MiB in flight per round trip. 16 MiB covers ~500 Mbit/s at 30 ms RTT.
@@ -213,8 +214,7 @@ class SSHSource(Source):
 
     async def _read_folder(self, remote_dir: str) -> Sequence[asyncssh.SFTPName]:
         with translate_sftp_errors(remote_dir):
-            async with asyncio.timeout(self.request_timeout):
-                return await self.sftp.readdir(remote_dir)
+            return await _in_time(self.sftp.readdir(remote_dir), self.request_timeout)
 
     async def _matching_files(
         self, remote_dir: str, entries: Sequence[asyncssh.SFTPName], include: tuple[str, ...]
@@ -230,7 +230,10 @@ class SSHSource(Source):
             if name in (".", ".."):
                 continue
             attrs = entry.attrs
-            if attrs.permissions is not None and stat.S_ISLNK(attrs.permissions):
+            # A name with a "/" or NUL (only a hostile server sends one) names no
+            # entry of this folder: no request goes out for it, and planning skips it.
+            joinable = name != "" and "/" not in name and "\x00" not in name
+            if joinable and attrs.permissions is not None and stat.S_ISLNK(attrs.permissions):
                 # READDIR reports the link itself; follow it to see what it points at.
                 with contextlib.suppress(asyncssh.SFTPError):
                     async with asyncio.timeout(self.request_timeout):
@@ -242,7 +245,12 @@ class SSHSource(Source):
                 continue
             files.append(
                 RemoteFile(
-                    str(PurePosixPath(remote_dir) / name), attrs.size or 0, int(attrs.mtime or 0)
+                    str(PurePosixPath(remote_dir) / name)
+                    if joinable
+                    else f"{remote_dir.rstrip('/')}/{name}",
+                    attrs.size or 0,
+                    int(attrs.mtime or 0),
+                    listed_name=name,
                 )
             )
         return sorted(files, key=lambda remote: remote.path)
@@ -284,6 +292,24 @@ class SSHSource(Source):
         return {
             path: line.lstrip("\\")[:64] for path, line in zip(remote_paths, lines, strict=True)
         }
+
+
+async def _in_time(request: Awaitable[_T], timeout: float) -> _T:
+    """request's result, or TimeoutError once timeout passes without one.
+
+    Unlike asyncio.timeout, a late request is cancelled without waiting for it to
+    unwind: a folder read unwinds by closing its handle, and a stuck server does
+    not answer that either. The try then ends and closing the connection ends it.
+    """
+    task = asyncio.ensure_future(request)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise TimeoutError
+    return task.result()
 
 
 async def _settle(future: asyncio.Future[Any]) -> None:
