@@ -65,6 +65,7 @@ class EarlyConnection:
     """
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port  # a route elsewhere (ssh config) closes it unused
         self._sock: QuickAckSocket | None = None
         self._closed = False
         self._lock = threading.Lock()

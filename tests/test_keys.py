@@ -1,0 +1,175 @@
+"""Keys against a real sshd: passphrases, the agent, mistakes reported in one line.
+
+Each scenario runs the command line as a user would; the server accepts the
+keys made here (appended to its authorized_keys).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dataferry._connection import ENV_VARIABLES
+from tests.support.jump import Agent, ssh_agent
+from tests.support.remote import run_args, run_cli
+from tests.support.sshd import OpenSSHServer, running_sshd, sshd_available
+
+PASSPHRASE = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSSHServer]:
+    reason = sshd_available()
+    if reason:
+        pytest.skip(reason)
+    with running_sshd(tmp_path_factory.mktemp("sshd-keys")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def encrypted_key(server: OpenSSHServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("keys") / "id_encrypted"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", PASSPHRASE, "-f", str(key)], check=True
+    )
+    with (server.workdir / "authorized_keys").open("a") as authorized:
+        authorized.write(Path(f"{key}.pub").read_text())
+    return key
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    with ssh_agent(tmp_path / "agent") as started:
+        yield started
+
+
+def _env(server: OpenSSHServer, tmp_path: Path, **values: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ENV_VARIABLES and key != "SSH_AUTH_SOCK"
+    }
+    env.update(
+        REMOTE_HOST_ADDRESS=server.host,
+        REMOTE_PORT=str(server.port),
+        USERNAME=server.username,
+        SSH_KNOWN_HOSTS=str(server.write_known_hosts(tmp_path / "known_hosts")),
+        SSH_CONFIG_FILE="none",
+        HOME=str(tmp_path / "home"),  # no default keys of the machine's
+    )
+    env.update(values)
+    return env
+
+
+def _fetch(
+    server: OpenSSHServer, tmp_path: Path, **values: str
+) -> subprocess.CompletedProcess[str]:
+    remote = tmp_path / "remote.csv"
+    remote.write_text("a,b\n1,2\n")
+    return run_cli(
+        run_args(tmp_path / "out" / "data.csv", str(remote)),
+        _env(server, tmp_path, **values),
+        tmp_path,
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dataferry: error: "), result.stderr
+    assert "unexpected" not in lines[0] and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_encrypted_key_with_its_passphrase(
+    server: OpenSSHServer, encrypted_key: Path, tmp_path: Path
+) -> None:
+    result = _fetch(
+        server, tmp_path, SSH_KEY_FILE=str(encrypted_key), SSH_KEY_PASSPHRASE=PASSPHRASE
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "data.csv").read_text() == "a,b\n1,2\n"
+    assert PASSPHRASE not in result.stdout + result.stderr
+
+
+def test_wrong_passphrase_is_one_line_exit_3(
+    server: OpenSSHServer, encrypted_key: Path, tmp_path: Path
+) -> None:
+    result = _fetch(
+        server, tmp_path, SSH_KEY_FILE=str(encrypted_key), SSH_KEY_PASSPHRASE="not it at all"
+    )
+    assert result.returncode == 3, result.stderr
+    line = _one_error_line(result)
+    assert str(encrypted_key) in line and "wrong passphrase" in line
+    assert "not it at all" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_encrypted_key_without_passphrase_or_agent_says_what_to_do(
+    server: OpenSSHServer, encrypted_key: Path, tmp_path: Path
+) -> None:
+    result = _fetch(server, tmp_path, SSH_KEY_FILE=str(encrypted_key))
+    assert result.returncode == 3, result.stderr
+    line = _one_error_line(result)
+    assert "is encrypted: set SSH_KEY_PASSPHRASE" in line and "ssh-add" in line
+
+
+def test_public_key_as_key_file_is_exit_2(
+    server: OpenSSHServer, encrypted_key: Path, tmp_path: Path
+) -> None:
+    result = _fetch(server, tmp_path, SSH_KEY_FILE=f"{encrypted_key}.pub")
+    assert result.returncode == 2, result.stderr
+    line = _one_error_line(result)
+    assert "is a public key" in line and f"({encrypted_key}?)" in line
+
+
+def test_not_a_key_at_all_is_exit_2(server: OpenSSHServer, tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello\n")
+    result = _fetch(server, tmp_path, SSH_KEY_FILE=str(bogus))
+    assert result.returncode == 2, result.stderr
+    assert "not a private key" in _one_error_line(result)
+
+
+def test_agent_supplies_the_encrypted_key(
+    server: OpenSSHServer, encrypted_key: Path, agent: Agent, tmp_path: Path
+) -> None:
+    agent.add(encrypted_key, PASSPHRASE)
+    # SSH_KEY_FILE set, no passphrase: the agent holds the key, as ssh would use it.
+    result = _fetch(
+        server, tmp_path, SSH_KEY_FILE=str(encrypted_key), SSH_AUTH_SOCK=str(agent.socket)
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_agent_alone_without_any_key_file(
+    server: OpenSSHServer, encrypted_key: Path, agent: Agent, tmp_path: Path
+) -> None:
+    agent.add(encrypted_key, PASSPHRASE)
+    result = _fetch(server, tmp_path, SSH_AUTH_SOCK=str(agent.socket))
+    assert result.returncode == 0, result.stderr
+
+
+def test_agent_without_the_key_fails_with_a_hint(
+    server: OpenSSHServer, encrypted_key: Path, agent: Agent, tmp_path: Path
+) -> None:
+    result = _fetch(
+        server, tmp_path, SSH_KEY_FILE=str(encrypted_key), SSH_AUTH_SOCK=str(agent.socket)
+    )
+    assert result.returncode == 3, result.stderr
+    line = _one_error_line(result)
+    assert "authentication failed" in line and "the agent did not offer it" in line
+
+
+def test_username_defaults_to_the_local_user(server: OpenSSHServer, tmp_path: Path) -> None:
+    env = _env(server, tmp_path, SSH_KEY_FILE=str(server.client_key))
+    del env["USERNAME"]
+    remote = tmp_path / "remote.csv"
+    remote.write_text("x\n")
+    result = run_cli(run_args(tmp_path / "got.csv", str(remote)), env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "got.csv").read_text() == "x\n"
