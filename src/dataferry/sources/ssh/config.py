@@ -248,7 +248,7 @@ def _policy_from(value: str, config: Path | None, name: str) -> HostKeyPolicy:
 
 
 _DESTINATION = re.compile(
-    r"(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:@/\[\]]+)(?::(?P<port>[0-9]+))?"
+    r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@/\[\]\s]+)(?::(?P<port>[0-9]+))?"
 )
 
 
