@@ -37,7 +37,12 @@ def netns_available() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root"
     if not shutil.which("ip"):
-        return "iproute2 (ip) not installed"
+        return "iproute2 (ip) not installed (.ci/run installs it)"
+    probe = f"dfj-probe-{secrets.token_hex(3)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
