@@ -92,7 +92,8 @@ EPILOG = (
     + (
         "\n\nconnection settings come from the environment or ./.env: REMOTE_HOST_ADDRESS, "
         "REMOTE_PORT,\nUSERNAME, PASSWORD, SSH_KEY_FILE, SSH_KNOWN_HOSTS, SSH_HOST_KEY_POLICY "
-        "(strict | accept-new)."
+        "(strict | accept-new),\nSSH_KEY_PASSPHRASE, SSH_CONFIG_FILE, SSH_PROXY_JUMP "
+        "(docs/connecting.md)."
     )
 )
 
