@@ -173,3 +173,59 @@ def test_username_defaults_to_the_local_user(server: OpenSSHServer, tmp_path: Pa
     result = run_cli(run_args(tmp_path / "got.csv", str(remote)), env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "got.csv").read_text() == "x\n"
+
+
+@pytest.fixture(scope="module")
+def ca_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[OpenSSHServer, Path, Path]]:
+    """An sshd trusting user certificates signed by a CA made here; returns the
+    server, the CA's private key and a folder for keys."""
+    reason = sshd_available()
+    if reason:
+        pytest.skip(reason)
+    keys = tmp_path_factory.mktemp("ca")
+    ca = keys / "user_ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    workdir = tmp_path_factory.mktemp("sshd-ca")
+    with running_sshd(workdir, [f"TrustedUserCAKeys {ca}.pub"]) as started:
+        yield started, ca, keys
+
+
+def _signed_key(ca: Path, folder: Path, principal: str, name: str) -> Path:
+    key = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(ca), "-I", name, "-n", principal, f"{key}.pub"],
+        check=True,
+        capture_output=True,
+    )
+    assert Path(f"{key}-cert.pub").is_file()
+    return key
+
+
+def test_certificate_beside_the_key(
+    ca_server: tuple[OpenSSHServer, Path, Path], tmp_path: Path
+) -> None:
+    server, ca, folder = ca_server
+    key = _signed_key(ca, folder, server.username, "beside")
+    assert _fetch(server, tmp_path, SSH_KEY_FILE=str(key)).returncode == 0
+    # The same key without its certificate is not authorized: the certificate did it.
+    Path(f"{key}-cert.pub").unlink()
+    refused = _fetch(server, tmp_path, SSH_KEY_FILE=str(key), SSH_AUTH_SOCK="")
+    assert refused.returncode == 3, refused.stderr
+    assert "authentication failed" in _one_error_line(refused)
+
+
+def test_certificate_file_from_the_ssh_config(
+    ca_server: tuple[OpenSSHServer, Path, Path], tmp_path: Path
+) -> None:
+    server, ca, folder = ca_server
+    key = _signed_key(ca, folder, server.username, "elsewhere")
+    moved = tmp_path / "certs" / "my-cert.pub"
+    moved.parent.mkdir()
+    Path(f"{key}-cert.pub").rename(moved)
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n  IdentityFile {key}\n  CertificateFile {moved}\n")
+    result = _fetch(server, tmp_path, SSH_CONFIG_FILE=str(config))
+    assert result.returncode == 0, result.stderr
