@@ -149,3 +149,28 @@ def test_proxy_command(jump_net: JumpNetwork, tmp_path: Path) -> None:
     result = _fetch(env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "got.bin").read_bytes() == PAYLOAD
+
+
+def test_authentication_failure_on_the_jump_host_is_named(
+    jump_net: JumpNetwork, tmp_path: Path
+) -> None:
+    jump = f"nobody-here@{_jump(jump_net)}"
+    result = _fetch(_env(jump_net, tmp_path, SSH_PROXY_JUMP=jump), tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert f"authentication failed for jump host {jump}" in result.stderr
+
+
+def test_get_through_an_alias_behind_the_jump_host(jump_net: JumpNetwork, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host inside\n  HostName {jump_net.target.host}\n  Port {jump_net.target.port}\n"
+        f"  ProxyJump {jump_net.username}@{_jump(jump_net)}\n"
+    )
+    env = _env(jump_net, tmp_path, SSH_CONFIG_FILE=str(config))
+    for key in ("REMOTE_HOST_ADDRESS", "REMOTE_PORT", "USERNAME"):
+        del env[key]
+    remote = tmp_path / "remote.bin"
+    remote.write_bytes(PAYLOAD)
+    result = run_cli(["-m", "dataferry", "get", f"inside:{remote}", "fetched/"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fetched" / "remote.bin").read_bytes() == PAYLOAD

@@ -229,3 +229,20 @@ def test_certificate_file_from_the_ssh_config(
     config.write_text(f"Host *\n  IdentityFile {key}\n  CertificateFile {moved}\n")
     result = _fetch(server, tmp_path, SSH_CONFIG_FILE=str(config))
     assert result.returncode == 0, result.stderr
+
+
+def test_agent_is_tried_after_a_key_file_the_server_refuses(
+    server: OpenSSHServer, encrypted_key: Path, agent: Agent, tmp_path: Path
+) -> None:
+    unauthorized = tmp_path / "id_other"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(unauthorized)], check=True
+    )
+    agent.add(encrypted_key, PASSPHRASE)
+    result = _fetch(
+        server, tmp_path, SSH_KEY_FILE=str(unauthorized), SSH_AUTH_SOCK=str(agent.socket)
+    )
+    assert result.returncode == 0, result.stderr
+    # Without the agent the same key file is refused: the agent's key did it.
+    refused = _fetch(server, tmp_path, SSH_KEY_FILE=str(unauthorized))
+    assert refused.returncode == 3, refused.stderr
