@@ -43,7 +43,12 @@ async def open_route(
     early: EarlyConnection | None,
 ) -> OpenedRoute:
     """Connect every hop of settings' route; raise dataferry errors naming the hop."""
-    route = resolve_route(settings)
+    try:
+        route = resolve_route(settings)
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
     sock = await _first_socket(route, early)
     first_socket = sock
     tunnel: asyncssh.SSHClientConnection | None = None
