@@ -178,3 +178,19 @@ def test_split_glob() -> None:
     assert split_glob("*.csv") == (".", "*.csv")
     with pytest.raises(ConfigError):
         split_glob("/d[1]/x")
+
+
+def test_folder_source_uses_the_task_defaults_and_include(
+    home_server: tuple[OpenSSHServer, Path], tmp_path: Path
+) -> None:
+    server, home = home_server
+    folder = home / "folder-src"
+    folder.mkdir()
+    (folder / "a.csv").write_text("a\n")
+    (folder / "notes.txt").write_text("n\n")
+    result = _get(server, tmp_path, "databox:folder-src", "default/")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "default").iterdir()) == ["a.csv"]
+    result = _get(server, tmp_path, "databox:folder-src", "all/", "--include", "*")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "all").iterdir()) == ["a.csv", "notes.txt"]
