@@ -169,7 +169,7 @@ def test_bad_config_values_are_config_errors(tmp_path: Path) -> None:
         resolve_route(_settings(config, REMOTE_HOST_ADDRESS="data"))
     with pytest.raises(ConfigError, match="SSH_CONFIG_FILE: no such file"):
         _settings(tmp_path / "missing", REMOTE_HOST_ADDRESS="data")
-    with pytest.raises(ConfigError, match="ProxyJump: 'a b' is not"):
+    with pytest.raises(ConfigError, match="SSH_PROXY_JUMP: 'a b' is not"):
         resolve_route(_settings(config, REMOTE_HOST_ADDRESS="x", SSH_PROXY_JUMP="a b"))
 
 

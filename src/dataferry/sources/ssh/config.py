@@ -82,21 +82,26 @@ def resolve_route(settings: ConnectionSettings) -> Route:
     """The route to settings.host: the config's view of it and of each jump host."""
     target, config_jump = _resolve_hop(settings, settings.host, explicit=True)
     jump_spec = settings.proxy_jump if settings.proxy_jump is not None else config_jump
-    jumps = _resolve_jumps(settings, jump_spec, depth=0)
+    origin = (
+        "SSH_PROXY_JUMP" if settings.proxy_jump is not None else f"{settings.ssh_config}: ProxyJump"
+    )
+    jumps = _resolve_jumps(settings, jump_spec, depth=0, origin=origin)
     if jumps and target.proxy_command is not None:
         log.debug("ProxyJump wins over ProxyCommand for %s", target.name)
         target = replace(target, proxy_command=None)
     return Route(jumps, target)
 
 
-def _resolve_jumps(settings: ConnectionSettings, spec: str | None, depth: int) -> tuple[Hop, ...]:
+def _resolve_jumps(
+    settings: ConnectionSettings, spec: str | None, depth: int, origin: str
+) -> tuple[Hop, ...]:
     if spec is None or spec.strip().lower() == "none":
         return ()
     hops: list[Hop] = []
     for index, part in enumerate(item.strip() for item in spec.split(",")):
         if not part:
-            raise ConfigError(f"ProxyJump {spec!r}: an empty jump host")
-        user, host, port = parse_destination(part, what="ProxyJump")
+            raise ConfigError(f"{origin} {spec!r}: an empty jump host")
+        user, host, port = parse_destination(part, what=origin)
         # A jump host's user is its own (spec, config, local user), never USERNAME.
         hop_unset = set(settings.unset & {"known_hosts", "host_key_policy"})
         hop_unset |= {"port"} if port is None else set()
@@ -116,7 +121,8 @@ def _resolve_jumps(settings: ConnectionSettings, spec: str | None, depth: int) -
             # go through the hop before them.
             if depth + 1 >= MAX_HOPS:
                 raise ConfigError(f"ProxyJump: more than {MAX_HOPS} hops (a loop in the config?)")
-            hops.extend(_resolve_jumps(hop_settings, own_jump, depth + 1))
+            where = f"{settings.ssh_config}: ProxyJump of {part}"
+            hops.extend(_resolve_jumps(hop_settings, own_jump, depth + 1, where))
         hops.append(hop)
     if len(hops) > MAX_HOPS:
         raise ConfigError(f"ProxyJump: more than {MAX_HOPS} hops")
