@@ -6,8 +6,8 @@ ones run the command line against the real sshd through an alias.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import subprocess
 from pathlib import Path
 
@@ -77,7 +77,7 @@ def test_username_falls_back_to_the_local_user(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("Host other\n  User someone\n")
     target = resolve_route(_settings(config, REMOTE_HOST_ADDRESS="data")).target.settings
-    assert target.username == getpass.getuser()
+    assert target.username == pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_proxy_jump_chain_each_hop_through_the_config(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_proxy_jump_chain_each_hop_through_the_config(tmp_path: Path) -> None:
         (hop.name, hop.settings.host, hop.settings.port, hop.settings.username)
         for hop in route.jumps
     ]
-    local = getpass.getuser()
+    local = pwd.getpwuid(os.getuid()).pw_name
     # outer: the first jump host's own ProxyJump; inner's own is not followed (as ssh -J).
     assert hops == [
         ("outer", "192.0.2.1", 22, local),

@@ -12,9 +12,9 @@ command line).
 from __future__ import annotations
 
 import enum
-import getpass
 import json
 import os
+import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,7 +134,7 @@ def resolve_connection(
     if username is None:
         # As ssh: the config's User (applied later), else the local user.
         unset.add("username")
-        username = _local_user()
+        username = local_user()
     port = 22
     raw_port = value("REMOTE_PORT")
     if raw_port is not None:
@@ -181,12 +181,15 @@ def resolve_connection(
     )
 
 
-def _local_user() -> str:
+def local_user() -> str:
+    """The login name of this process's user, as ssh finds it (not $USER or $USERNAME:
+    USERNAME is dataferry's setting for the server)."""
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         raise ConfigError(
-            "USERNAME is not set and the local user name is unknown; set USERNAME"
+            "USERNAME is not set and the local user has no name (uid "
+            f"{os.getuid()} is not in the password database); set USERNAME"
         ) from None
 
 

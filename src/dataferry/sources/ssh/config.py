@@ -17,7 +17,6 @@ policies of the same meaning.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from asyncssh.config import ConfigParseError, SSHClientConfig, SSHConfig
 
-from ..._connection import ConnectionSettings, HostKeyPolicy
+from ..._connection import ConnectionSettings, HostKeyPolicy, local_user
 from ..._exceptions import ConfigError
 
 log = logging.getLogger("dataferry.ssh")
@@ -110,7 +109,7 @@ def _resolve_jumps(
             settings,
             host=host,
             port=port or 22,
-            username=user or getpass.getuser(),
+            username=user or local_user(),
             password=None,  # the password is the target's, never sent to a jump host
             proxy_jump=None,
             unset=frozenset(hop_unset),
@@ -206,7 +205,7 @@ def _load(settings: ConnectionSettings) -> SSHConfig:
             False,  # reload
             False,  # canonical
             False,  # final
-            getpass.getuser(),
+            local_user(),
             () if "username" in unset else settings.username,
             settings.host,
             () if "port" in unset else settings.port,
