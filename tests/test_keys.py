@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from dataferry._connection import ENV_VARIABLES
+from dataferry._exceptions import ConfigError
+from dataferry.sources.ssh.keys import load_client_keys
 from tests.support.jump import Agent, ssh_agent
 from tests.support.remote import run_args, run_cli
 from tests.support.sshd import OpenSSHServer, running_sshd, sshd_available
@@ -246,3 +248,13 @@ def test_agent_is_tried_after_a_key_file_the_server_refuses(
     # Without the agent the same key file is refused: the agent's key did it.
     refused = _fetch(server, tmp_path, SSH_KEY_FILE=str(unauthorized))
     assert refused.returncode == 3, refused.stderr
+
+
+def test_unusable_certificate_file_is_a_config_error(tmp_path: Path) -> None:
+    key = tmp_path / "id_plain"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    bogus = tmp_path / "bogus-cert.pub"
+    bogus.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=f"CertificateFile {bogus}: not a usable certificate"):
+        load_client_keys([key], None, [bogus])
+    assert len(load_client_keys([key], None, [tmp_path / "missing-cert.pub"]).keypairs) == 1

@@ -52,7 +52,18 @@ def load_client_keys(
     IdentityFile) are skipped when missing, as ssh skips them.
     """
     secret = passphrase.get_secret_value() if passphrase is not None else None
-    certs = [str(path) for path in certificates if path.is_file()]
+    certs: list[asyncssh.SSHCertificate] = []
+    for path in certificates:
+        if not path.is_file():
+            log.debug("skipping CertificateFile %s: no such file", path)
+            continue
+        try:
+            loaded_certs = asyncssh.load_certificates([str(path)])
+        except (asyncssh.KeyImportError, OSError) as exc:
+            raise ConfigError(f"CertificateFile {path}: not a usable certificate ({exc})") from None
+        if not loaded_certs:
+            raise ConfigError(f"CertificateFile {path}: not a usable certificate (none in it)")
+        certs.extend(loaded_certs)
     loaded: list[asyncssh.SSHKeyPair] = []
     left: list[Path] = []
     for path in files:
