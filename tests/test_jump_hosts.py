@@ -174,3 +174,11 @@ def test_get_through_an_alias_behind_the_jump_host(jump_net: JumpNetwork, tmp_pa
     result = run_cli(["-m", "dataferry", "get", f"inside:{remote}", "fetched/"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "fetched" / "remote.bin").read_bytes() == PAYLOAD
+
+
+def test_early_connection_goes_to_the_jump_host(jump_net: JumpNetwork, tmp_path: Path) -> None:
+    env = _env(jump_net, tmp_path, SSH_PROXY_JUMP=_jump(jump_net))
+    result = _fetch(env, tmp_path, "--log-level", "DEBUG")
+    assert result.returncode == 0, result.stderr
+    assert "using the TCP connection opened at start-up" in result.stderr
+    assert f"connecting to jump host {_jump(jump_net)}" in result.stderr

@@ -21,6 +21,7 @@ from dataferry._connection import (
 )
 from dataferry._exceptions import ConfigError
 from dataferry.sources.ssh.config import parse_destination, resolve_route
+from dataferry.sources.ssh.early_route import first_hop_address
 from tests.support.remote import run_args, run_cli
 from tests.support.sshd import OpenSSHServer
 
@@ -237,3 +238,76 @@ def test_known_hosts_dev_null_is_ignored_and_checking_stays_on(
     assert result.returncode == 3, result.stderr
     assert "ignoring UserKnownHostsFile /dev/null" in result.stderr
     assert "is not known" in result.stderr
+
+
+# The early connection's guess (no asyncssh) agrees with the real route.
+
+EARLY_CONFIG = """
+Host data
+    HostName 10.1.1.1
+    Port 2200
+Host via-jump
+    HostName 10.2.2.2
+    ProxyJump bastion,inner:2022
+Host bastion
+    HostName 192.0.2.7
+    Port 2222
+Host chained
+    ProxyJump hop1
+Host hop1
+    ProxyJump hop0
+Host piped
+    ProxyCommand nc %h %p
+Host *.example.org !skip.example.org
+    Port 2345
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "env", "expected"),
+    [
+        ("data", {}, ("10.1.1.1", 2200)),
+        ("data", {"REMOTE_PORT": "22"}, ("10.1.1.1", 22)),
+        ("via-jump", {}, ("192.0.2.7", 2222)),
+        ("data", {"SSH_PROXY_JUMP": "u@[::1]:2022"}, ("::1", 2022)),
+        ("via-jump", {"SSH_PROXY_JUMP": "none"}, ("10.2.2.2", 22)),
+        ("a.example.org", {}, ("a.example.org", 2345)),
+        ("skip.example.org", {}, ("skip.example.org", 22)),
+        ("plain", {}, ("plain", 22)),
+        ("piped", {}, None),
+        ("chained", {}, None),
+    ],
+)
+def test_early_connection_goes_where_the_route_starts(
+    tmp_path: Path, host: str, env: dict[str, str], expected: tuple[str, int] | None
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(EARLY_CONFIG)
+    settings = _settings(config, REMOTE_HOST_ADDRESS=host, **env)
+    assert first_hop_address(settings) == expected
+    first = resolve_route(settings).first
+    if expected is not None:
+        assert (first.settings.host, first.settings.port) == expected
+        assert first.proxy_command is None
+
+
+def test_early_guess_falls_back_for_match_and_include(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Match host data\n  HostName 10.1.1.1\n")
+    settings = _settings(config, REMOTE_HOST_ADDRESS="data")
+    assert first_hop_address(settings) == ("data", 22)  # a guess only: closed if wrong
+
+
+def test_alias_uses_the_early_connection(sshd_server: OpenSSHServer, tmp_path: Path) -> None:
+    known = sshd_server.write_known_hosts(tmp_path / "kh")
+    env = _alias_env(sshd_server, tmp_path, _alias_block(sshd_server, str(known)))
+    result = _fetch_debug(env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "using the TCP connection opened at start-up" in result.stderr
+
+
+def _fetch_debug(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    remote = tmp_path / "remote.csv"
+    remote.write_text("a\n1\n")
+    args = run_args(tmp_path / "got.csv", str(remote), "--max_tries", "1", "--log-level", "DEBUG")
+    return run_cli(args, env, tmp_path)

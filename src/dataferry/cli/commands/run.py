@@ -109,7 +109,7 @@ def _run_tasks(
         connection = resolve()  # `get` resolves its own, from SOURCE
     except ConfigError as exc:
         connection_error = exc  # reported after the config's own errors, as before
-    early = EarlyConnection(connection.host, connection.port) if connection else None
+    early = EarlyConnection.towards(connection) if connection else None
     from ...sources.ssh import SSHConnector  # asyncssh: loads while the TCP connection opens
 
     connector = SSHConnector(connection, early) if connection else None
