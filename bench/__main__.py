@@ -10,6 +10,7 @@ and writes bench/results/latest.json (and latest.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -158,6 +159,36 @@ def _endpoints(
     return endpoint(server.port), endpoint(proxy.port) if proxy else None
 
 
+def _jump_endpoint(
+    stack: contextlib.ExitStack,
+    target: OpenSSHServer,
+    run_dir: Path,
+    delay_s: float,
+    rate: float | None,
+) -> Endpoint:
+    """The target reached through a second sshd (the jump host), the far link in front
+    of the jump host: as a bastion far away with the data server next to it."""
+    jump = stack.enter_context(running_sshd(run_dir / "jump-sshd"))
+    proxy = ProxyThread(jump.port, delay_s=delay_s, rate_bytes_per_s=rate).start()
+    stack.callback(proxy.stop)
+    known_hosts = run_dir / "known_hosts_jump"
+    known_hosts.write_text(
+        f"{target.known_hosts_line()}\n[{jump.host}]:{proxy.port} {jump.host_public_key}\n"
+    )
+    # Both servers accept the target's client key.
+    with (jump.workdir / "authorized_keys").open("a") as authorized:
+        authorized.write(Path(f"{target.client_key}.pub").read_text())
+    user = target.password_user or target.username
+    return Endpoint(
+        target.host,
+        target.port,
+        user,
+        target.client_key,
+        known_hosts,
+        jump=f"{user}@{jump.host}:{proxy.port}",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = select(args)
@@ -190,21 +221,24 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[RowResult] = []
     proxy_stats: dict[str, int] = {}
-    with running_sshd(run_dir / "sshd") as server:
+    with running_sshd(run_dir / "sshd") as server, contextlib.ExitStack() as stack:
         proxy = None
-        if any(row.far for row, _ in plan):
-            rate = args.rate_mbps * 1e6 if args.rate_mbps else None
+        rate = args.rate_mbps * 1e6 if args.rate_mbps else None
+        if any(row.far and not row.jump for row, _ in plan):
             proxy = ProxyThread(
                 server.port, delay_s=args.delay_ms / 1000, rate_bytes_per_s=rate
             ).start()
+        via_jump = None
+        if any(row.jump for row, _ in plan):
+            via_jump = _jump_endpoint(stack, server, run_dir, args.delay_ms / 1000, rate)
         try:
             direct, far = _endpoints(server, proxy, run_dir)
             for row, peers in plan:
-                endpoint = far if row.far else direct
+                endpoint = via_jump if row.jump else far if row.far else direct
                 assert endpoint is not None
-                before = proxy.stats.bytes_to_client if proxy else 0
+                before = proxy.stats.bytes_to_client if proxy and not row.jump else 0
                 result = run_row(row, peers, loaded[row.workload], endpoint, args, run_dir)
-                if row.far and proxy is not None:
+                if row.far and not row.jump and proxy is not None:
                     # Evidence that the far row really went through the delay line.
                     result.proxy_bytes_to_client = proxy.stats.bytes_to_client - before
                 results.append(result)

@@ -30,6 +30,7 @@ class Endpoint:
     user: str
     key: Path
     known_hosts: Path
+    jump: str | None = None  # "user@host:port" of a jump host (ssh -J), or None
 
     def ssh_options(self) -> list[str]:
         """Options shared by ssh, scp and sftp (the test fixtures' choice)."""
@@ -105,12 +106,26 @@ def _scp_argv(job: Job, dest: Path) -> list[str]:
         "scp",
         "-q",
         *recursive,
+        *_jump_options(job),
         *ep.ssh_options(),
         "-P",
         str(ep.port),
         f"{ep.user}@{ep.host}:{job.remote}",
         str(dest),
     ]
+
+
+def _jump_options(job: Job) -> list[str]:
+    """-J, with the options in a config file (-F): ssh passes -F, not -o, to the jump's ssh."""
+    ep = job.endpoint
+    if ep.jump is None:
+        return []
+    config = job.scratch / "ssh_config"
+    config.write_text(
+        f"Host *\n  UserKnownHostsFile {ep.known_hosts}\n  StrictHostKeyChecking yes\n"
+        f"  BatchMode yes\n  IdentitiesOnly yes\n  IdentityFile {ep.key}\n"
+    )
+    return ["-F", str(config), "-J", ep.jump]
 
 
 def scp(job: Job) -> Invocation:
@@ -236,7 +251,10 @@ def dataferry(job: Job) -> Invocation:
         "SSH_KEY_FILE": str(ep.key),
         "SSH_KNOWN_HOSTS": str(ep.known_hosts),
         "SSH_HOST_KEY_POLICY": "strict",
+        "SSH_CONFIG_FILE": "none",
     }
+    if ep.jump is not None:
+        env["SSH_PROXY_JUMP"] = ep.jump
     return Invocation([str(DATAFERRY), "run", "bench", "--config", str(path)], env)
 
 

@@ -22,14 +22,17 @@ class Row:
     targets: tuple[Target, ...]
     # Medians measured for issue 3 on a 2-core machine (full sizes), seconds.
     issue_reference: dict[str, float] = field(default_factory=dict)
+    # Through a jump host (a second sshd; the far link, if any, is in front of it).
+    jump: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.workload}@{'rtt30' if self.far else 'loopback'}"
+        link = "rtt30" if self.far else "loopback"
+        return f"{self.workload}@{link}{'+jump' if self.jump else ''}"
 
     @property
     def link(self) -> str:
-        return "30 ms RTT" if self.far else "loopback"
+        return ("30 ms RTT" if self.far else "loopback") + (" via jump" if self.jump else "")
 
 
 ROWS: tuple[Row, ...] = (
@@ -74,5 +77,13 @@ ROWS: tuple[Row, ...] = (
         peers=("scp+tar", "ssh-cat-tar", "seed"),
         targets=(Target("scp+tar", 0.4),),
         issue_reference={"scp+tar": 1.9, "ssh-cat-tar": 1.9, "seed": 2.0},
+    ),
+    # Issue 11: through a jump host, against OpenSSH's own `scp -J` (same route).
+    Row(
+        "file-200m",
+        far=True,
+        jump=True,
+        peers=("scp",),
+        targets=(Target("scp", 1.0),),
     ),
 )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dataferry.devserver.server import EmbeddedSFTPServer
+from tests.support.jump import JumpNetwork, jump_network, netns_available
 from tests.support.remote import Remote, sshd_connection
 from tests.support.sshd import (
     OpenSSHServer,
@@ -94,3 +95,13 @@ def manifest_path(
     path = tmp_path_factory.mktemp("manifest") / "dataferry.manifest.json"
     monkeypatch.setenv("DATAFERRY_MANIFEST", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def jump_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JumpNetwork]:
+    """A target sshd reachable only through jump-host sshds (tests/support/jump.py)."""
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    with jump_network(tmp_path_factory.mktemp("jump")) as network:
+        yield network

@@ -93,6 +93,8 @@ class TaskSettings(BaseModel):
     manifest: Path | None = None
     # Refuse to run when the remote differs from what the manifest pins.
     frozen: Bool = False
+    # Extract archives (false: keep them as downloaded; `dataferry get --no-extract`).
+    extract: Bool = True
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
 

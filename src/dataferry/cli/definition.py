@@ -92,16 +92,21 @@ EPILOG = (
     + (
         "\n\nconnection settings come from the environment or ./.env: REMOTE_HOST_ADDRESS, "
         "REMOTE_PORT,\nUSERNAME, PASSWORD, SSH_KEY_FILE, SSH_KNOWN_HOSTS, SSH_HOST_KEY_POLICY "
-        "(strict | accept-new)."
+        "(strict | accept-new),\nSSH_KEY_PASSPHRASE, SSH_CONFIG_FILE, SSH_PROXY_JUMP "
+        "(docs/connecting.md)."
     )
 )
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "task settings (override config.json; precedence: flag > task section > common)"
-    )
+def _add_overrides(
+    parser: argparse.ArgumentParser,
+    skip: tuple[str, ...] = (),
+    title: str = "task settings (override config.json; precedence: flag > task section > common)",
+) -> None:
+    group = parser.add_argument_group(title)
     for flag, key, metavar, help_text in OVERRIDES:
+        if key in skip:
+            continue
         aliases = [flag]
         if flag == "--log-level":
             aliases.append("--log_level")
@@ -238,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="approximate CSV bytes of sample data (suffixes K, M, G; default 4M)",
     )
 
+    _add_get(commands)
+
     serve = commands.add_parser(
         "serve",
         formatter_class=_Formatter,
@@ -308,3 +315,32 @@ def _size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return value
+
+
+def _add_get(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    get = commands.add_parser(
+        "get",
+        help="fetch a file, folder or glob ad hoc: dataferry get [user@]host:path DEST",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
+        description="Fetch SOURCE into DEST with a task's engine and defaults (archives "
+        "extracted, resume, verify, manifest), no config.json needed. SOURCE is "
+        "[user@]host:path (scp style; host may be an ssh_config alias; a relative path or "
+        "~/ is relative to the remote home) or sftp://[user@]host[:port]/path. The last "
+        "part of the path may be a glob (/data/2024-*.csv.zip): matching files are fetched "
+        "as a folder's are. Keys, known_hosts and jump hosts come from the environment, "
+        ".env and the ssh config (docs/connecting.md).",
+    )
+    get.add_argument("source", metavar="SOURCE", help="[user@]host:path or sftp://...")
+    get.add_argument(
+        "destination",
+        metavar="DEST",
+        help="local file or folder; an existing folder (or a trailing /) receives the files",
+    )
+    get.add_argument(
+        "--no-extract",
+        dest="no_extract",
+        action="store_true",
+        help="keep archives as downloaded, without extracting them",
+    )
+    _add_overrides(get, skip=("file_save_path", "remote_file_path"), title="task settings")

@@ -266,7 +266,8 @@ class _TaskRun:
             # The writer first: it creates the destination folder, which the
             # extraction's staging folder then goes into.
             writer = await sink.open_part(item.relative, item.remote)
-            if item.remote.size >= OVERLAP_MIN_BYTES and writer.offset == 0:
+            overlapping = self.settings.extract and item.remote.size >= OVERLAP_MIN_BYTES
+            if overlapping and writer.offset == 0:
                 try:
                     overlap = await start_extraction(
                         reader,
@@ -372,7 +373,7 @@ class _TaskRun:
     def _archive_kind(self, fetched: _Fetched) -> ArchiveKind | None:
         assert self.sink is not None
         if not fetched.kind_known:
-            if may_be_archive(fetched.copied.head):
+            if self.settings.extract and may_be_archive(fetched.copied.head):
                 fetched.kind = self.sink.archive_kind(fetched.item.relative)
             fetched.kind_known = True
             fetched.kind_known = True

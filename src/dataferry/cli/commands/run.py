@@ -87,7 +87,10 @@ def _resolve_tasks(
     return [resolve_task(name, config, overrides) for name in names]
 
 
-def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
+def _run_tasks(
+    prepare: Callable[[], list[TaskSettings]],
+    resolve: Callable[[], ConnectionSettings] = resolve_connection,
+) -> int:
     """Validate the tasks and run them, the connection already under way.
 
     Start-up and the login used to follow each other; now they overlap:
@@ -103,10 +106,10 @@ def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
     connection: ConnectionSettings | None = None
     connection_error: ConfigError | None = None
     try:
-        connection = resolve_connection()
+        connection = resolve()  # `get` resolves its own, from SOURCE
     except ConfigError as exc:
         connection_error = exc  # reported after the config's own errors, as before
-    early = EarlyConnection(connection.host, connection.port) if connection else None
+    early = EarlyConnection.towards(connection) if connection else None
     from ...sources.ssh import SSHConnector  # asyncssh: loads while the TCP connection opens
 
     connector = SSHConnector(connection, early) if connection else None

@@ -23,14 +23,14 @@ import asyncssh
 
 from ..._connection import ConnectionSettings, HostKeyPolicy
 from ..._exceptions import (
-    AuthenticationError,
     ConfigError,
     HostKeyError,
     RemotePathError,
     TransientError,
 )
 from ..base import Listing, RemoteFile, Source, SourceConnector, SourceReader
-from .tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
+from .hops import open_route
+from .tcp import CONNECT_TIMEOUT, EarlyConnection
 
 log = logging.getLogger("dataferry.ssh")
 _T = TypeVar("_T")
@@ -347,76 +347,23 @@ def translate_sftp_errors(remote_path: str) -> Iterator[None]:
         ) from exc
 
 
-_Connected = tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]
+_Connected = tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient, ConnectionSettings]
 
 
 async def _connect(
     settings: ConnectionSettings, early: EarlyConnection | None = None
 ) -> _Connected:
-    """Connect, authenticate, verify the host key and start SFTP.
+    """Connect (through each jump host), authenticate, verify host keys and start SFTP.
 
-    Raises HostKeyError / AuthenticationError (not retried) or TransientError.
+    Returns the connection, its SFTP client and the target's settings as the
+    ssh config resolved them. Raises ConfigError / HostKeyError /
+    AuthenticationError (not retried) or TransientError.
     """
-    known = _load_known_hosts(settings.known_hosts)
-    checker = _HostKeyChecker(settings, known)
-    password = settings.password.get_secret_value() if settings.password else None
-    # Like ssh: an explicit key first, else default keys and the agent, unless a
-    # password is configured without a key (then only the password is tried).
-    client_keys: list[str] | tuple[()] | None = (
-        [str(settings.key_file)] if settings.key_file else (None if password else ())
-    )
     log.debug(
         "connecting to %s (host key policy %s)", settings.describe(), settings.host_key_policy.value
     )
-    try:
-        sock = await early.take() if early is not None else None
-        if sock is not None:
-            log.debug("using the TCP connection opened at start-up")
-        else:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                sock = await open_socket(settings.host, settings.port)
-        connection = await asyncssh.connect(
-            settings.host,
-            settings.port,
-            sock=sock,
-            username=settings.username,
-            password=password,
-            client_keys=client_keys,
-            # An empty known_hosts list (file missing) still verifies: every key
-            # is then "unknown" and goes through the policy hook above.
-            known_hosts=known if known is not None else ([], [], []),
-            client_factory=lambda: checker,
-            encryption_algs=CIPHER_PREFERENCE,
-            compression_algs=None,
-            window=CHANNEL_WINDOW,
-            max_pktsize=MAX_PACKET_SIZE,
-            connect_timeout=CONNECT_TIMEOUT,
-            # A link that goes silent mid-transfer is dropped (and retried) after
-            # about a minute instead of hanging forever.
-            keepalive_interval=KEEPALIVE_INTERVAL,
-            keepalive_count_max=3,
-            config=[],
-            agent_path=None if settings.key_file or password else (),
-        )
-    except asyncssh.HostKeyNotVerifiable as exc:
-        raise HostKeyError(checker.refusal or f"host key refused: {exc.reason}") from None
-    except asyncssh.PermissionDenied:
-        methods = (
-            " and ".join(
-                name
-                for name, used in (
-                    ("key " + str(settings.key_file), settings.key_file),
-                    ("password", password),
-                )
-                if used
-            )
-            or "default keys"
-        )
-        raise AuthenticationError(
-            f"authentication failed for {settings.describe()} (tried {methods})"
-        ) from None
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise TransientError(f"cannot connect to {settings.describe()}: {_reason(exc)}") from exc
+    opened = await open_route(settings, early)
+    connection, target = opened.connection, opened.target
     try:
         # A server that accepts the subsystem but never answers its INIT.
         async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -425,18 +372,19 @@ async def _connect(
         await _close(connection)
         if isinstance(exc, OSError | asyncssh.Error):
             raise TransientError(
-                f"cannot start SFTP on {settings.describe()}: {_reason(exc)}"
+                f"cannot start SFTP on {target.describe()}: {_reason(exc)}"
             ) from exc
         raise
     # Logged in: the transfer's ACKs follow the kernel's own pacing again (quick
     # ACKs throughout made 1 GiB over loopback no faster, at times slower).
-    sock.quick_acks = False
+    if opened.first_socket is not None:
+        opened.first_socket.quick_acks = False
     log.debug(
         "connected to %s, cipher %s",
-        settings.describe(),
+        target.describe(),
         connection.get_extra_info("send_cipher"),
     )
-    return connection, sftp
+    return connection, sftp, target
 
 
 async def _close(connection: asyncssh.SSHClientConnection) -> None:
@@ -475,14 +423,14 @@ class SSHConnector(SourceConnector):
     async def session(self) -> AsyncIterator[SSHSource]:
         ready, self._next = self._next, None
         if ready is not None:
-            connection, sftp = await ready
+            connection, sftp, target = await ready
             if connection.is_closed():  # dropped while it waited (e.g. for the task's lock)
-                connection, sftp = await _connect(self.settings)
+                connection, sftp, target = await _connect(self.settings)
         else:
-            connection, sftp = await _connect(self.settings)
+            connection, sftp, target = await _connect(self.settings)
         ended_well = False
         try:
-            session = SSHSource(connection, sftp, self.settings)
+            session = SSHSource(connection, sftp, target)
             try:
                 yield session
             finally:
@@ -491,7 +439,7 @@ class SSHConnector(SourceConnector):
         finally:
             if ended_well and not connection.is_closed() and self._next is None:
                 kept: asyncio.Future[_Connected] = asyncio.get_running_loop().create_future()
-                kept.set_result((connection, sftp))
+                kept.set_result((connection, sftp, target))
                 self._next = kept
             else:
                 await _close(connection)
@@ -508,7 +456,7 @@ class SSHConnector(SourceConnector):
         await asyncio.wait([ready])  # unlike awaiting it, leaves its error to us
         if ready.cancelled() or ready.exception() is not None:
             return  # nothing is open
-        connection, _ = ready.result()
+        connection, _, _ = ready.result()
         await _close(connection)
 
 

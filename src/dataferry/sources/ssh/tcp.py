@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..._connection import ConnectionSettings
 
 CONNECT_TIMEOUT = 20.0
 
@@ -65,6 +69,7 @@ class EarlyConnection:
     """
 
     def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port  # a route elsewhere (ssh config) closes it unused
         self._sock: QuickAckSocket | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -72,6 +77,15 @@ class EarlyConnection:
         # A daemon thread: a run that stops early (a config error) does not wait
         # for a slow name lookup or connection attempt.
         threading.Thread(target=self._connect, args=(host, port), daemon=True).start()
+
+    @classmethod
+    def towards(cls, settings: ConnectionSettings) -> EarlyConnection | None:
+        """An early connection to where the route starts (an alias's HostName, the
+        first jump host), as far as early_route can tell; None for a ProxyCommand."""
+        from .early_route import first_hop_address
+
+        address = first_hop_address(settings)
+        return None if address is None else cls(*address)
 
     def _connect(self, host: str, port: int) -> None:
         try:
