@@ -61,6 +61,8 @@ class TaskReport:
     bytes_transferred: int = 0
     tries: int = 0
     seconds: float = 0.0
+    # The destination folder (the summary names it); None before the first listing.
+    folder: Path | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -525,6 +527,7 @@ async def run_task(
         observer.error(settings.name, str(exc))
         raise
     run.report.seconds = time.monotonic() - started
+    run.report.folder = run.plan.folder if run.plan is not None else None
     observer.state_changed(settings.name, TaskState.DONE)
     observer.task_finished(
         settings.name, len(run.report.files), run.report.bytes_transferred, run.report.seconds
