@@ -15,7 +15,7 @@ from types import FrameType
 from .. import __version__
 from .._defaults import DEFAULT_CONFIG_FILE
 from .._exceptions import DataferryError
-from .definition import build_parser, build_seed_parser
+from .definition import build_parser, build_seed_parser, command_parser
 
 log = logging.getLogger("dataferry")
 
@@ -23,7 +23,10 @@ log = logging.getLogger("dataferry")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dataferry`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # shown with the usage of the command it was given to
+        command = command_parser(parser, args.command) if args.command else None
+        (command or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.version:
         print(f"dataferry {__version__}")
         return 0

@@ -37,6 +37,7 @@ from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
+from .space import check_free_space
 from .tee import OverlappedExtraction, start_extraction
 
 log = logging.getLogger("dataferry.engine")
@@ -203,6 +204,7 @@ class _TaskRun:
             if item.remote.path not in self.decisions.up_to_date
             and item.remote.path not in self.done
         ]
+        check_free_space(self.name, self.sink, todo)  # exit 7 before writing anything
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:

@@ -28,9 +28,10 @@ from ..._exceptions import (
     HostKeyError,
     RemotePathError,
     TransientError,
+    UnknownHostError,
 )
 from ..base import Listing, RemoteFile, Source, SourceConnector, SourceReader
-from .tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
+from .tcp import CONNECT_TIMEOUT, EarlyConnection, name_does_not_resolve, open_socket
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -390,6 +391,11 @@ async def _connect(
             f"authentication failed for {settings.describe()} (tried {methods})"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
+        if name_does_not_resolve(exc):  # a typo: one line at once, no retries
+            raise UnknownHostError(
+                f"cannot connect to {settings.describe()}: the host name {settings.host!r} "
+                f"does not resolve ({_reason(exc)}); check REMOTE_HOST_ADDRESS"
+            ) from None
         raise TransientError(f"cannot connect to {settings.describe()}: {_reason(exc)}") from exc
     try:
         # A server that accepts the subsystem but never answers its INIT.

@@ -1,0 +1,176 @@
+"""What a new user hits first (issue 15): each mistake is one line, its exit code, and
+nothing half done; sizes read and typed one way."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dataferry._exceptions import ConfigError
+from dataferry._settings import ConfigFile, resolve_task
+from dataferry.cli import main
+from dataferry.observe.units import format_bytes, parse_size
+from dataferry.sinks.local import part_meta_path, part_path
+from tests.support.remote import Remote, random_bytes, run_args, run_cli
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------ sizes
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 kB"),
+        (440_000_000, "440.0 MB"),
+        (1_100_000_000, "1.1 GB"),
+        (2**30, "1.1 GB"),  # 1 GiB in the one (decimal) convention
+        (999_960_000, "1.0 GB"),  # never "1000.0 MB"
+    ],
+)
+def test_one_size_format(count: int, text: str) -> None:
+    assert format_bytes(count) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("64G", 64 * 10**9),
+        ("64g", 64 * 10**9),
+        ("64GB", 64 * 10**9),
+        ("50M", 50 * 10**6),
+        ("1.5k", 1500),
+        ("64GiB", 64 * 2**30),
+        ("250000", 250_000),
+    ],
+)
+def test_one_size_parser(text: str, count: int) -> None:
+    assert parse_size(text) == count
+
+
+def write_config(folder: Path, task: dict[str, object]) -> Path:
+    path = folder / "config.json"
+    path.write_text(json.dumps({"t": {"file_save_path": "x", "remote_file_path": "/x", **task}}))
+    return path
+
+
+def test_max_extract_bytes_takes_a_unit(tmp_path: Path) -> None:
+    config = ConfigFile.load(write_config(tmp_path, {"max_extract_bytes": "64G"}))
+    assert resolve_task("t", config).max_extract_bytes == 64 * 10**9
+    bad = ConfigFile.load(write_config(tmp_path, {"max_extract_bytes": "lots"}))
+    with pytest.raises(ConfigError) as caught:
+        resolve_task("t", bad)
+    message = str(caught.value)
+    assert "t.max_extract_bytes" in message and "64G" in message and "\n" not in message
+
+
+# ------------------------------------------------------------ flags
+
+
+def test_verify_in_capitals_is_accepted(tmp_path: Path) -> None:
+    assert resolve_task("t", None, {"file_save_path": "x", "remote_file_path": "/x",
+                                    "verify": "SHA256"}).verify == "sha256"  # fmt: skip
+
+
+def test_unknown_flag_shows_the_usage_of_its_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "task_1", "--no-such-flag"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dataferry run ")
+    assert "dataferry run: error: unrecognized arguments: --no-such-flag" in err
+
+
+# ------------------------------------------------------------ errors
+
+
+def test_unresolvable_host_is_one_line_at_once(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("REMOTE_PORT", "SSH_KEY_FILE", "SSH_KNOWN_HOSTS")
+    }
+    env.update(REMOTE_HOST_ADDRESS="no-such-host.invalid", USERNAME="u", PASSWORD="p")
+    args = run_args("out.csv", "/data/x.csv", "--max_tries", "3", "--retry_delay", "30")
+    result = run_cli(args, env, tmp_path, timeout=25)  # three tries would wait 30 s and more
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("dataferry: error: t: cannot connect to ")
+    assert "'no-such-host.invalid' does not resolve" in line and "REMOTE_HOST_ADDRESS" in line
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_errors_name_the_task(remote: Remote, tmp_path: Path) -> None:
+    result = run_cli(run_args("out.csv", remote.path(remote.root / "missing.csv")), remote.env(),
+                     tmp_path)  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("dataferry: error: t: "), line
+
+
+def test_resume_says_what_is_left(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "k.bin"
+    source.write_bytes(random_bytes(3_000_000, 5))
+    save = tmp_path / "k.bin"
+    part_path(save).write_bytes(source.read_bytes()[:1_000_000])
+    meta = {"remote_path": remote.path(source), "size": 3_000_000,
+            "mtime": int(source.stat().st_mtime)}  # fmt: skip
+    part_meta_path(save).write_text(json.dumps(meta))
+    args = run_args(save, remote.path(source), "--log-level", "INFO")
+    result = run_cli(args, remote.env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {remote.path(source)}: 2.0 MB of 3.0 MB left" in result.stderr
+    assert save.read_bytes() == source.read_bytes()
+
+
+# ------------------------------------------------------------ free space
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of size mounted at path (root only), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("remote", ["openssh"], indirect=True)
+def test_not_enough_free_space_is_exit_7_before_writing(remote: Remote, tmp_path: Path) -> None:
+    folder = remote.root / "set"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"part-{n}.csv").write_bytes(random_bytes(1_000_000, n))
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        result = run_cli(
+            run_args(small / "out/", remote.path(folder), "--include", "*.csv"),
+            remote.env(),
+            tmp_path,
+        )
+        assert result.returncode == 7, result.stderr
+        (line,) = error_lines(result.stderr)
+        assert line.startswith("dataferry: error: t: not enough free space in ")
+        assert "3.0 MB left to fetch, 1.0 MB free" in line
+        assert os.listdir(small) == []  # nothing written, not even the folder
