@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dataferry._settings import ConfigFile, resolve_task
 from dataferry.cli import main
 from dataferry.observe.units import format_bytes, parse_size
 from dataferry.sinks.local import part_meta_path, part_path
-from tests.support.remote import Remote, random_bytes, run_args, run_cli
+from tests.support.remote import REPO, Remote, random_bytes, run_args, run_cli
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -80,8 +81,12 @@ def test_max_extract_bytes_takes_a_unit(tmp_path: Path) -> None:
 
 
 def test_verify_in_capitals_is_accepted(tmp_path: Path) -> None:
-    assert resolve_task("t", None, {"file_save_path": "x", "remote_file_path": "/x",
-                                    "verify": "SHA256"}).verify == "sha256"  # fmt: skip
+    assert (
+        resolve_task(
+            "t", None, {"file_save_path": "x", "remote_file_path": "/x", "verify": "SHA256"}
+        ).verify
+        == "sha256"
+    )
 
 
 def test_unknown_flag_shows_the_usage_of_its_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,8 +118,9 @@ def test_unresolvable_host_is_one_line_at_once(tmp_path: Path) -> None:
 
 
 def test_errors_name_the_task(remote: Remote, tmp_path: Path) -> None:
-    result = run_cli(run_args("out.csv", remote.path(remote.root / "missing.csv")), remote.env(),
-                     tmp_path)  # fmt: skip
+    result = run_cli(
+        run_args("out.csv", remote.path(remote.root / "missing.csv")), remote.env(), tmp_path
+    )
     assert result.returncode == 4, result.stderr
     (line,) = error_lines(result.stderr)
     assert line.startswith("dataferry: error: t: "), line
@@ -125,8 +131,11 @@ def test_resume_says_what_is_left(remote: Remote, tmp_path: Path) -> None:
     source.write_bytes(random_bytes(3_000_000, 5))
     save = tmp_path / "k.bin"
     part_path(save).write_bytes(source.read_bytes()[:1_000_000])
-    meta = {"remote_path": remote.path(source), "size": 3_000_000,
-            "mtime": int(source.stat().st_mtime)}  # fmt: skip
+    meta = {
+        "remote_path": remote.path(source),
+        "size": 3_000_000,
+        "mtime": int(source.stat().st_mtime),
+    }
     part_meta_path(save).write_text(json.dumps(meta))
     args = run_args(save, remote.path(source), "--log-level", "INFO")
     result = run_cli(args, remote.env(), tmp_path)
@@ -174,3 +183,33 @@ def test_not_enough_free_space_is_exit_7_before_writing(remote: Remote, tmp_path
         assert line.startswith("dataferry: error: t: not enough free space in ")
         assert "3.0 MB left to fetch, 1.0 MB free" in line
         assert os.listdir(small) == []  # nothing written, not even the folder
+
+
+# ------------------------------------------------------------ the seed's scripts
+
+
+def test_seed_script_with_an_interpreter_lacking_the_packages_names_the_one_to_use(
+    tmp_path: Path,
+) -> None:
+    write_config(tmp_path, {})
+    # -S: no site-packages, like the system's python3 on a fresh machine.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            str(REPO / "src" / "task_1.py"),
+            "--task",
+            "t",
+            "--config_file",
+            "config.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith("dataferry: error: the Python package ")
+    assert f"is not installed for {sys.executable}" in line and ".venv/bin/python" in line
+    assert "please report" not in line

@@ -92,6 +92,13 @@ def report_errors(action: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 130
+    except ModuleNotFoundError as exc:
+        missing = _missing_dependency(exc)
+        if missing is None:
+            raise
+        log.debug("missing dependency", exc_info=True)
+        print(f"dataferry: error: {missing}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: still one line, the details at DEBUG
         log.debug("unexpected failure", exc_info=True)
         print(
@@ -102,6 +109,25 @@ def report_errors(action: Callable[[], int]) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """A package of requirements.txt missing: the wrong interpreter, not a bug.
+    Names the one to use (e.g. ``python src/task_1.py`` with the system's python3)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "dataferry" or name in sys.stdlib_module_names:
+        return None
+    project = Path(__file__).resolve().parents[3]
+    venv_python = project / ".venv" / "bin" / "python"
+    if venv_python.exists():
+        shown_venv = os.path.relpath(venv_python) if project == Path.cwd() else str(venv_python)
+        use = f"run it with {shown_venv} (the project's interpreter)"
+    else:
+        use = "run `make demo` once (it creates .venv), then use .venv/bin/python"
+    return (
+        f"the Python package {name!r} is not installed for {sys.executable}; {use}, "
+        "or pip install -r requirements.txt into this one"
+    )
 
 
 def configure_logging(level: str) -> None:
