@@ -3,27 +3,36 @@ nothing half done; sizes read and typed one way."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dataferry._exceptions import ConfigError
+from dataferry._exceptions import ConfigError, DestinationError
 from dataferry._settings import ConfigFile, resolve_task
 from dataferry.cli import main
+from dataferry.engine.space import check_free_space, zip_extracted_size
 from dataferry.observe.units import format_bytes, parse_size
-from dataferry.sinks.local import part_meta_path, part_path
+from dataferry.plan import PlannedFile
+from dataferry.sinks.local import LocalSink, part_meta_path, part_path
+from tests.support.memory import MemoryServer, MemorySource
 from tests.support.remote import REPO, Remote, random_bytes, run_args, run_cli
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
 
 
 # ------------------------------------------------------------ sizes
@@ -111,7 +120,7 @@ def test_unresolvable_host_is_one_line_at_once(tmp_path: Path) -> None:
     args = run_args("out.csv", "/data/x.csv", "--max_tries", "3", "--retry_delay", "30")
     result = run_cli(args, env, tmp_path, timeout=25)  # three tries would wait 30 s and more
     assert result.returncode == 2, result.stderr
-    (line,) = error_lines(result.stderr)
+    line = one_line(result.stderr)
     assert line.startswith("dataferry: error: t: cannot connect to ")
     assert "'no-such-host.invalid' does not resolve" in line and "REMOTE_HOST_ADDRESS" in line
     assert not list(tmp_path.glob("out*"))
@@ -122,7 +131,7 @@ def test_errors_name_the_task(remote: Remote, tmp_path: Path) -> None:
         run_args("out.csv", remote.path(remote.root / "missing.csv")), remote.env(), tmp_path
     )
     assert result.returncode == 4, result.stderr
-    (line,) = error_lines(result.stderr)
+    line = one_line(result.stderr)
     assert line.startswith("dataferry: error: t: "), line
 
 
@@ -179,7 +188,7 @@ def test_not_enough_free_space_is_exit_7_before_writing(remote: Remote, tmp_path
             tmp_path,
         )
         assert result.returncode == 7, result.stderr
-        (line,) = error_lines(result.stderr)
+        line = one_line(result.stderr)
         assert line.startswith("dataferry: error: t: not enough free space in ")
         assert "3.0 MB left to fetch, 1.0 MB free" in line
         assert os.listdir(small) == []  # nothing written, not even the folder
@@ -209,7 +218,92 @@ def test_seed_script_with_an_interpreter_lacking_the_packages_names_the_one_to_u
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    (line,) = error_lines(done.stderr)
+    line = one_line(done.stderr)
     assert line.startswith("dataferry: error: the Python package ")
     assert f"is not installed for {sys.executable}" in line and ".venv/bin/python" in line
     assert "please report" not in line
+
+
+# ------------------------------------------------------------ what zips unpack to
+
+
+def zip_bytes(
+    entries: dict[str, bytes], *, force_zip64: bool = False, prefix: bytes = b""
+) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(prefix)
+    with zipfile.ZipFile(buffer, "a" if prefix else "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            with archive.open(name, "w", force_zip64=force_zip64) as entry:
+                entry.write(data)
+        archive.comment = b"x" * 300
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("variant", "options"),
+    [
+        ("plain", {}),
+        ("zip64 entries", {"force_zip64": True}),
+        ("data before the zip", {"prefix": b"#!/bin/sh\n" * 100}),
+    ],
+)
+def test_zip_extracted_size_from_the_central_directory(
+    variant: str, options: dict[str, Any]
+) -> None:
+    entries = {f"f{n}.csv": bytes(10_000 * (n + 1)) for n in range(40)}
+    server = MemoryServer(block_size=4096)  # replies capped: the tail takes several reads
+    file = server.put("/a.zip", zip_bytes(entries, **options))
+    size = asyncio.run(zip_extracted_size(MemorySource(server), file))
+    assert size == sum(len(data) for data in entries.values()), variant
+
+
+def test_zip_extracted_size_unknown_for_other_files() -> None:
+    server = MemoryServer()
+    plain = server.put("/a.zip", random_bytes(100_000, 1))
+    whole = zip_bytes({"a": bytes(1000)})
+    cut = server.put("/b.zip", whole[: whole.rfind(b"PK\x05\x06") + 10])  # end record cut
+    tiny = server.put("/c.zip", b"PK")
+    for file in (plain, cut, tiny):
+        assert asyncio.run(zip_extracted_size(MemorySource(server), file)) is None, file.path
+
+
+class SinkWithFreeSpace(LocalSink):
+    def __init__(self, root: Path, free: int) -> None:
+        super().__init__(root)
+        self.free = free
+
+    def free_space(self) -> int | None:
+        return self.free
+
+
+def test_free_space_counts_what_zips_unpack_to(tmp_path: Path) -> None:
+    server = MemoryServer()
+    archive = server.put("/d/a.zip", zip_bytes({"big.csv": bytes(5_000_000)}))
+    plain = server.put("/d/b.csv", b"x" * 1000)
+    todo = [PlannedFile(archive, "a.zip"), PlannedFile(plain, "b.csv")]
+    source = MemorySource(server)
+    downloads = archive.size + plain.size
+    roomy = SinkWithFreeSpace(tmp_path, downloads + 5_000_000)
+    asyncio.run(check_free_space("t", roomy, source, todo))
+    tight = SinkWithFreeSpace(tmp_path, downloads + 4_000_000)
+    with pytest.raises(DestinationError) as caught:
+        asyncio.run(check_free_space("t", tight, source, todo))
+    message = str(caught.value)
+    assert message.startswith("t: not enough free space in ")
+    assert "its zip archives unpack to 5.0 MB" in message and "nothing was written" in message
+    unknown = LocalSink(tmp_path)
+    unknown.free_space = lambda: None  # type: ignore[method-assign]
+    asyncio.run(check_free_space("t", unknown, source, todo))  # unknown: no check
+
+
+@pytest.mark.parametrize("remote", ["openssh"], indirect=True)
+def test_a_zip_that_would_not_fit_unpacked_is_exit_7(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "zeros.zip"
+    source.write_bytes(zip_bytes({"zeros.bin": bytes(3_000_000)}))
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        result = run_cli(run_args(small / "z.zip", remote.path(source)), remote.env(), tmp_path)
+        assert result.returncode == 7, result.stderr
+        line = one_line(result.stderr)
+        assert "its zip archives unpack to 3.0 MB" in line and "1.0 MB free" in line
+        assert os.listdir(small) == []

@@ -107,6 +107,7 @@ class _TaskRun:
             max_total_bytes=settings.max_extract_bytes, max_ratio=settings.max_compression_ratio
         )
         self.last_record = time.monotonic()
+        self.first_todo: list[PlannedFile] = []
 
     @property
     def name(self) -> str:
@@ -123,6 +124,7 @@ class _TaskRun:
             plan = plan_files(self.settings, listing)
             if self.decisions is None:
                 self._first_plan(plan)
+                await self._announce_plan(source)
             assert self.decisions is not None
             todo = [
                 item
@@ -204,7 +206,14 @@ class _TaskRun:
             if item.remote.path not in self.decisions.up_to_date
             and item.remote.path not in self.done
         ]
-        check_free_space(self.name, self.sink, todo)  # exit 7 before writing anything
+        self.first_todo = todo  # announced by _announce_plan, after the free-space check
+
+    async def _announce_plan(self, source: Source) -> None:
+        """Exit 7 when the first try's downloads (and what its zips unpack to) cannot
+        fit, before anything is written or announced; else announce the plan."""
+        assert self.sink is not None
+        todo = self.first_todo
+        await check_free_space(self.name, self.sink, source, todo)
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
