@@ -284,17 +284,25 @@ def test_free_space_counts_what_zips_unpack_to(tmp_path: Path) -> None:
     todo = [PlannedFile(archive, "a.zip"), PlannedFile(plain, "b.csv")]
     source = MemorySource(server)
     downloads = archive.size + plain.size
+    limits: dict[str, Any] = {"max_extract_bytes": 10**12, "max_ratio": 10**6}
     roomy = SinkWithFreeSpace(tmp_path, downloads + 5_000_000)
-    asyncio.run(check_free_space("t", roomy, source, todo))
+    asyncio.run(check_free_space("t", roomy, source, todo, **limits))
+    assert server.reads > 0  # the limits allowed more than the room: the zip was read
     tight = SinkWithFreeSpace(tmp_path, downloads + 4_000_000)
     with pytest.raises(DestinationError) as caught:
-        asyncio.run(check_free_space("t", tight, source, todo))
+        asyncio.run(check_free_space("t", tight, source, todo, **limits))
     message = str(caught.value)
     assert message.startswith("t: not enough free space in ")
     assert "its zip archives unpack to 5.0 MB" in message and "nothing was written" in message
+    # Unknown free space (an object store): no check.
     unknown = LocalSink(tmp_path)
     unknown.free_space = lambda: None  # type: ignore[method-assign]
-    asyncio.run(check_free_space("t", unknown, source, todo))  # unknown: no check
+    asyncio.run(check_free_space("t", unknown, source, todo, **limits))
+    # Room for whatever extraction would allow: the zip is not even read.
+    server.reads = 0
+    capped = {"max_extract_bytes": 1_000_000, "max_ratio": 1000.0}
+    asyncio.run(check_free_space("t", tight, source, todo, **capped))
+    assert server.reads == 0
 
 
 @pytest.mark.parametrize("remote", ["openssh"], indirect=True)

@@ -213,7 +213,14 @@ class _TaskRun:
         fit, before anything is written or announced; else announce the plan."""
         assert self.sink is not None
         todo = self.first_todo
-        await check_free_space(self.name, self.sink, source, todo)
+        await check_free_space(
+            self.name,
+            self.sink,
+            source,
+            todo,
+            max_extract_bytes=self.settings.max_extract_bytes,
+            max_ratio=self.settings.max_compression_ratio,
+        )
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
