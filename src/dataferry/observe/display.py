@@ -25,7 +25,7 @@ from .events import TaskObserver, TaskState
 from .units import format_bytes, format_rate
 
 if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
     from rich.live import Live
 
 # Lines for files in flight, the largest first; smaller files only count.
@@ -35,6 +35,9 @@ REFRESH_PER_SECOND = 4
 # The rate shown is measured over this window (seconds), the ETA from it.
 RATE_WINDOW = 5.0
 BAR_WIDTH = 30
+# On a narrow terminal the bars shrink first, so the numbers (ETA last) stay whole.
+MIN_BAR_WIDTH = 8
+TEXT_WIDTH = 80
 
 
 @dataclass
@@ -195,20 +198,24 @@ class _Drawing:
             return 0.0
         return (self.state.received - received_then) / (now - then)
 
-    def __rich__(self) -> RenderableType:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.render(options.max_width)
+
+    def render(self, width: int = 120) -> RenderableType:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
         state, now = self.state, time.monotonic()
+        bar_width = max(MIN_BAR_WIDTH, min(BAR_WIDTH, width - TEXT_WIDTH))
         grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=40)
-        grid.add_column(width=BAR_WIDTH, no_wrap=True)
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=min(40, max(12, width // 4)))
+        grid.add_column(width=bar_width, no_wrap=True)
         grid.add_column(no_wrap=True, overflow="ellipsis")
         total = max(state.total_bytes, 1)
         done = state.total_bytes if state.finished_after is not None else state.bytes_done
-        bar = ProgressBar(total=total, completed=min(done, total), width=BAR_WIDTH)
+        bar = ProgressBar(total=total, completed=min(done, total), width=bar_width)
         grid.add_row(Text(state.task, style="bold"), bar, Text(self._overall(now)))
         largest = sorted(state.in_flight.values(), key=lambda f: f.size, reverse=True)
         for file in largest[: self.max_file_lines]:
@@ -216,7 +223,7 @@ class _Drawing:
                 break
             grid.add_row(
                 Text("  " + file.name),
-                ProgressBar(total=file.size, completed=min(file.done, file.size), width=BAR_WIDTH),
+                ProgressBar(total=file.size, completed=min(file.done, file.size), width=bar_width),
                 Text(f"{format_bytes(file.done)} of {format_bytes(file.size)}"),
             )
         return Group(grid)
