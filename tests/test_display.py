@@ -146,3 +146,16 @@ def test_at_most_a_few_file_lines() -> None:
         display.file_started("t", f"/f{n}", 5_000_000 + n, 0)
     text = draw(display)
     assert [n for n in range(10) if f"f{n} " in text] == [7, 8, 9]
+
+
+@pytest.mark.parametrize("remote", ["openssh"], indirect=True)
+def test_off_a_terminal_log_lines_and_no_drawing(remote: Remote, tmp_path: Path) -> None:
+    from tests.support.remote import run_cli
+
+    folder = make_folder(remote.root)
+    args = run_args("out/", remote.path(folder), "--include", "*.csv", "--log-level", "INFO")
+    result = run_cli(args, remote.env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stderr and BAR not in result.stderr
+    assert f"INFO: t: {SMALL_FILES} file(s), " in result.stderr  # LogProgress's plan line
+    assert f"INFO: t: done, {SMALL_FILES} file(s)" in result.stderr
