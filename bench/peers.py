@@ -9,6 +9,7 @@ fetching a dataset would.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -258,12 +259,26 @@ def dataferry(job: Job) -> Invocation:
     return Invocation([str(DATAFERRY), "run", "bench", "--config", str(path)], env)
 
 
+def dataferry_on_terminal(job: Job) -> Invocation:
+    """The same run with stderr on a pseudo-terminal: the live display's cost."""
+    plain = dataferry(job)
+    return Invocation(
+        [sys.executable, "-m", "bench.on_terminal", *plain.argv],
+        {**plain.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), _pythonpath()]))},
+    )
+
+
+def _pythonpath() -> str:
+    return os.environ.get("PYTHONPATH", "")
+
+
 DATAFERRY = VENV_BIN / "dataferry"
 
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
         Peer("dataferry", "dataferry", dataferry, (str(DATAFERRY),)),
+        Peer("dataferry-tty", "dataferry on a terminal", dataferry_on_terminal, (str(DATAFERRY),)),
         Peer("scp", "scp", scp, ("scp",)),
         Peer("sftp", "sftp", sftp, ("sftp",)),
         Peer("rclone", "rclone", rclone, ("rclone",)),

@@ -10,7 +10,10 @@ runs them for real (``make test-containers``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -121,6 +124,12 @@ def test_shipped_config_passes_the_container_guard(
     shipped = ConfigFile.load(REPO / "config.json")
     for n in TASKS:
         resolve_task(f"task_{n}", shipped)
+
+
+def compose_default(value: str) -> str:
+    """The default in "${VAR:-default}": what Compose substitutes when VAR is unset."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.prod"])
@@ -236,7 +245,8 @@ def test_dev_task_services_follow_the_seed(n: int, dev: dict[str, Any]) -> None:
 @pytest.mark.parametrize("n", TASKS)
 def test_dev_tasks_trust_the_sftp_service_by_its_known_hosts(n: int, dev: dict[str, Any]) -> None:
     service = dev["services"][f"task{n}"]
-    env = service["environment"]
+    # Defaults: .env's values win (test_env_values_reach_the_task_services).
+    env = {key: compose_default(str(value)) for key, value in service["environment"].items()}
     assert env["REMOTE_HOST_ADDRESS"] == "sftp"
     assert str(env["REMOTE_PORT"]) == "2222"
     assert env["SSH_KNOWN_HOSTS"] == "/known_hosts/known_hosts"
@@ -339,3 +349,58 @@ def test_dockerignore_is_an_allowlist_that_keeps_secrets_out() -> None:
     assert included == {"src", "pyproject.toml", "requirements.txt", "config.json"}
     for required in ("**/.*", "**/*.env", "**/*.pem", "**/id_ed25519*", "**/__pycache__"):
         assert required in lines, required
+
+
+# ------------------------------------------------------------ `docker-compose config`
+
+
+def compose_config(tmp_path: Path, dotenv: str) -> dict[str, Any]:
+    """The dev compose file as Compose resolves it with this .env (no containers run)."""
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    shutil.copy(REPO / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
+    (tmp_path / ".env").write_text(dotenv, encoding="utf-8")
+    # Nothing from this shell: Compose would prefer it to .env.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [compose, "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    data = yaml.safe_load(done.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_env_example_reaches_the_tasks_as_the_sftp_service(tmp_path: Path) -> None:
+    """`cp .env.example .env && docker-compose up` still talks to the dev server."""
+    dotenv = (REPO / ".env.example").read_text(encoding="utf-8")
+    resolved = compose_config(tmp_path, dotenv)
+    for n in TASKS:
+        env = resolved["services"][f"task{n}"]["environment"]
+        assert env["REMOTE_HOST_ADDRESS"] == "sftp"
+        assert str(env["REMOTE_PORT"]) == "2222"
+        assert env["SSH_KNOWN_HOSTS"] == "/known_hosts/known_hosts"
+
+
+def test_env_values_reach_the_task_services(tmp_path: Path) -> None:
+    """The seed's way: the real server in .env; the tasks must dial it, not the dev server."""
+    dotenv = (
+        "REMOTE_HOST_ADDRESS=data.example.org\nREMOTE_PORT=2200\nUSERNAME=me\n"
+        "PASSWORD=secret\nSSH_HOST_KEY_POLICY=accept-new\n"
+    )
+    resolved = compose_config(tmp_path, dotenv)
+    for n in TASKS:
+        env = resolved["services"][f"task{n}"]["environment"]
+        assert env["REMOTE_HOST_ADDRESS"] == "data.example.org"
+        assert str(env["REMOTE_PORT"]) == "2200"
+        assert env["USERNAME"] == "me"
+        assert env["SSH_HOST_KEY_POLICY"] == "accept-new"
+        assert env["SSH_KNOWN_HOSTS"] == "/known_hosts/known_hosts"  # the default stays
+
+
+def test_without_connection_values_the_tasks_use_the_sftp_service(tmp_path: Path) -> None:
+    resolved = compose_config(tmp_path, "USERNAME=me\nPASSWORD=secret\n")
+    for n in TASKS:
+        env = resolved["services"][f"task{n}"]["environment"]
+        assert env["REMOTE_HOST_ADDRESS"] == "sftp" and str(env["REMOTE_PORT"]) == "2222"

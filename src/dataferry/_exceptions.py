@@ -19,6 +19,10 @@ class ConfigError(DataferryError):
     exit_code = 2
 
 
+class UnknownHostError(ConfigError):
+    """The server's host name does not resolve: a typo, not worth retrying."""
+
+
 class AuthenticationError(DataferryError):
     """Wrong credentials: retrying cannot help."""
 
@@ -74,7 +78,7 @@ class FrozenError(DataferryError):
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error",
-    2: "bad configuration or command-line value",
+    2: "bad configuration or command-line value (also: a host name that does not resolve)",
     3: "authentication failed or host key refused",
     4: "remote path missing or unreadable",
     5: "transfer failed after the last retry",

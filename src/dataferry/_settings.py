@@ -138,6 +138,22 @@ class TaskSettings(BaseModel):
             raise ValueError("expected a non-empty list of glob patterns")
         return tuple(value)
 
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_in_any_case(cls, value: object) -> object:
+        # "--verify SHA256" like "--log-level debug".
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("max_extract_bytes", mode="before")
+    @classmethod
+    def _size_with_unit(cls, value: object) -> object:
+        # "64G" as `demo --size 50M` takes it (observe/units.py: one size convention).
+        if isinstance(value, str):
+            from .observe.units import parse_size
+
+            return parse_size(value)
+        return value
+
 
 # Keys a user may set, in config.json or as flags, with their config.json spelling.
 TASK_KEYS = tuple(

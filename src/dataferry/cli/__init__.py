@@ -15,7 +15,7 @@ from types import FrameType
 from .. import __version__
 from .._defaults import DEFAULT_CONFIG_FILE
 from .._exceptions import DataferryError
-from .definition import build_parser, build_seed_parser
+from .definition import build_parser, build_seed_parser, command_parser
 
 log = logging.getLogger("dataferry")
 
@@ -23,7 +23,10 @@ log = logging.getLogger("dataferry")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dataferry`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # shown with the usage of the command it was given to
+        command = command_parser(parser, args.command) if args.command else None
+        (command or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.version:
         print(f"dataferry {__version__}")
         return 0
@@ -89,6 +92,13 @@ def report_errors(action: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 130
+    except ModuleNotFoundError as exc:
+        missing = _missing_dependency(exc)
+        if missing is None:
+            raise
+        log.debug("missing dependency", exc_info=True)
+        print(f"dataferry: error: {missing}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: still one line, the details at DEBUG
         log.debug("unexpected failure", exc_info=True)
         print(
@@ -99,6 +109,25 @@ def report_errors(action: Callable[[], int]) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """A package of requirements.txt missing: the wrong interpreter, not a bug.
+    Names the one to use (e.g. ``python src/task_1.py`` with the system's python3)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "dataferry" or name in sys.stdlib_module_names:
+        return None
+    project = Path(__file__).resolve().parents[3]
+    venv_python = project / ".venv" / "bin" / "python"
+    if venv_python.exists():
+        shown_venv = os.path.relpath(venv_python) if project == Path.cwd() else str(venv_python)
+        use = f"run it with {shown_venv} (the project's interpreter)"
+    else:
+        use = "run `make demo` once (it creates .venv), then use .venv/bin/python"
+    return (
+        f"the Python package {name!r} is not installed for {sys.executable}; {use}, "
+        "or pip install -r requirements.txt into this one"
+    )
 
 
 def configure_logging(level: str) -> None:

@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags give both paths)",
     )
     _add_overrides(run)
+    _add_list_flag(run)
 
     verify = commands.add_parser(
         "verify",
@@ -298,20 +299,35 @@ def build_seed_parser(task: str) -> argparse.ArgumentParser:
         help="config.json with common and per-task settings (optional when flags give both paths)",
     )
     _add_overrides(parser)
+    _add_list_flag(parser)
     return parser
 
 
+def _add_list_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print every file the task leaves in its summary (by default: counts, bytes, "
+        "time and destination, and the paths of up to 10 files)",
+    )
+
+
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    """The parser of subcommand name (to show its usage for an unknown flag)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found = action.choices.get(name)
+            return found if isinstance(found, argparse.ArgumentParser) else None
+    return None
+
+
 def _size(text: str) -> int:
-    units = {"K": 10**3, "M": 10**6, "G": 10**9}
-    cleaned = text.strip().upper().removesuffix("B")
-    factor = units.get(cleaned[-1:], 1)
-    number = cleaned[:-1] if cleaned[-1:] in units else cleaned
+    from ..observe.units import parse_size
+
     try:
-        value = int(float(number) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a size like 4M or 250000, got {text!r}"
-        ) from None
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return value
@@ -344,3 +360,4 @@ def _add_get(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="keep archives as downloaded, without extracting them",
     )
     _add_overrides(get, skip=("file_save_path", "remote_file_path"), title="task settings")
+    _add_list_flag(get)

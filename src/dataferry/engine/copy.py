@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from ..observe import TaskObserver
+from ..observe.units import format_bytes
 from ..plan.names import shown
 from ..sinks import PartWriter
 from ..sources import RemoteFile, Source, SourceReader
@@ -117,7 +118,12 @@ async def copy_file(
     remote = reader.file
     offset = writer.offset
     if offset:
-        log.info("resuming %s at %d of %d bytes", shown(remote.path), offset, remote.size)
+        log.info(
+            "resuming %s: %s of %s left",
+            shown(remote.path),
+            format_bytes(remote.size - offset),
+            format_bytes(remote.size),
+        )
     observer.file_started(task, remote.path, remote.size, offset)
     digest = Digest(threaded=remote.size >= THREADED_DIGEST_BYTES)
     head = b""

@@ -37,6 +37,7 @@ from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
+from .space import check_free_space
 from .tee import OverlappedExtraction, start_extraction
 
 log = logging.getLogger("dataferry.engine")
@@ -61,6 +62,8 @@ class TaskReport:
     bytes_transferred: int = 0
     tries: int = 0
     seconds: float = 0.0
+    # The destination folder (the summary names it); None before the first listing.
+    folder: Path | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -104,6 +107,7 @@ class _TaskRun:
             max_total_bytes=settings.max_extract_bytes, max_ratio=settings.max_compression_ratio
         )
         self.last_record = time.monotonic()
+        self.first_todo: list[PlannedFile] = []
 
     @property
     def name(self) -> str:
@@ -120,6 +124,7 @@ class _TaskRun:
             plan = plan_files(self.settings, listing)
             if self.decisions is None:
                 self._first_plan(plan)
+                await self._announce_plan(source)
             assert self.decisions is not None
             todo = [
                 item
@@ -201,6 +206,21 @@ class _TaskRun:
             if item.remote.path not in self.decisions.up_to_date
             and item.remote.path not in self.done
         ]
+        self.first_todo = todo  # announced by _announce_plan, after the free-space check
+
+    async def _announce_plan(self, source: Source) -> None:
+        """Exit 7 when the first try's downloads (and what its zips unpack to) cannot
+        fit, before anything is written or announced; else announce the plan."""
+        assert self.sink is not None
+        todo = self.first_todo
+        await check_free_space(
+            self.name,
+            self.sink,
+            source,
+            todo,
+            max_extract_bytes=self.settings.max_extract_bytes,
+            max_ratio=self.settings.max_compression_ratio,
+        )
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
@@ -526,6 +546,7 @@ async def run_task(
         observer.error(settings.name, str(exc))
         raise
     run.report.seconds = time.monotonic() - started
+    run.report.folder = run.plan.folder if run.plan is not None else None
     observer.state_changed(settings.name, TaskState.DONE)
     observer.task_finished(
         settings.name, len(run.report.files), run.report.bytes_transferred, run.report.seconds

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataferry._exceptions import ArchiveError
+from dataferry.observe.units import format_bytes
 
 from .policy import (
     Refused,
@@ -171,7 +172,7 @@ class EntryChecker:
         if self.declared > self.limits.max_total_bytes:
             raise self.refuse(
                 raw,
-                f"total uncompressed size exceeds the limit of {self.limits.max_total_bytes} bytes",
+                self._total_message(),
             )
         if self._declared_ratio_base is not None and self._ratio_exceeded(
             self.declared, self._declared_ratio_base
@@ -182,6 +183,13 @@ class EntryChecker:
         self._add(entry)
         return CheckedEntry(entry, target, hardlink_to)
 
+    def _total_message(self) -> str:
+        limit = self.limits.max_total_bytes
+        return (
+            f"total uncompressed size exceeds the limit of {limit} bytes "
+            f"({format_bytes(limit)}, max_extract_bytes)"
+        )
+
     def _ratio_message(self) -> str:
         return f"compression ratio exceeds {self.limits.max_ratio:g}:1 (decompression bomb?)"
 
@@ -191,7 +199,7 @@ class EntryChecker:
         if self.written > self.limits.max_total_bytes:
             raise self.refuse(
                 raw,
-                f"total uncompressed size exceeds the limit of {self.limits.max_total_bytes} bytes",
+                self._total_message(),
             )
         if self._ratio_exceeded(self.written, self._compressed_bytes()):
             raise self.refuse(raw, self._ratio_message())

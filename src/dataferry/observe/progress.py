@@ -1,4 +1,4 @@
-"""Progress reporting: live bars on a terminal, periodic log lines elsewhere."""
+"""Progress reporting off a terminal: periodic log lines (on one: observe/display.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from ..plan.names import shown
 from .events import TaskObserver
-
-if TYPE_CHECKING:
-    from rich.progress import TaskID
+from .units import format_bytes
 
 log = logging.getLogger("dataferry.progress")
 
@@ -20,11 +17,8 @@ LOG_INTERVAL = 5.0
 
 
 def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")
+    """The one size convention (observe/units.py); kept under its old name."""
+    return format_bytes(count)
 
 
 class _Totals:
@@ -80,66 +74,6 @@ class LogProgress(TaskObserver):
             seconds,
             human_bytes(rate),
         )
-
-
-class BarProgress(TaskObserver):
-    """For a terminal: a live bar per file being transferred (bytes, rate, ETA)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        # Imported here: rich costs ~70 ms at start-up, wasted when stderr is no terminal.
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(file=stream),
-            transient=False,
-        )
-        self.bars: dict[str, TaskID] = {}
-
-    def __enter__(self) -> BarProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
-
-    def _escape(self, text: str) -> str:
-        from rich.markup import escape as rich_escape
-
-        return rich_escape(text)
-
-    def file_started(self, task: str, remote_path: str, size: int, offset: int) -> None:
-        # rich would interpret [markup] in a name, a terminal its escape sequences.
-        name = self._escape(shown(remote_path.rsplit("/", 1)[-1]))
-        if remote_path in self.bars:
-            self.progress.reset(self.bars[remote_path], total=size, completed=offset)
-        else:
-            self.bars[remote_path] = self.progress.add_task(name, total=size, completed=offset)
-
-    def bytes_received(self, task: str, remote_path: str, count: int) -> None:
-        bar = self.bars.get(remote_path)
-        if bar is not None:
-            self.progress.advance(bar, count)
-
-    def file_finished(self, task: str, remote_path: str, local_path: str, size: int) -> None:
-        bar = self.bars.get(remote_path)
-        if bar is not None:
-            self.progress.update(bar, completed=size)
-            # Many small files would flood the screen: keep only big ones.
-            if size < 8 * 2**20:
-                self.progress.update(bar, visible=False)
 
 
 def use_bars(stream: TextIO = sys.stderr) -> bool:

@@ -138,6 +138,15 @@ class Sink(abc.ABC):
     def open_result(self, relative: str) -> BinaryIO:
         """Read a result back (verify)."""
 
+    def free_space(self) -> int | None:
+        """Bytes the destination can still take; None when unknown (the engine's
+        free-space check is then skipped: an object store, say)."""
+        return None
+
+    def partial_bytes(self, relative: str) -> int:
+        """Bytes of relative already held from an earlier try (they need no new space)."""
+        return 0
+
     @abc.abstractmethod
     def archive_kind(self, relative: str) -> ArchiveKind | None:
         """The archive format of a committed file, None when it is no archive."""

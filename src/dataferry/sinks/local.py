@@ -356,6 +356,24 @@ class LocalSink(Sink):
     def has_partial(self, relative: str) -> bool:
         return os.path.lexists(part_path(self.root / relative))
 
+    def free_space(self) -> int | None:
+        """What an unprivileged writer may still use on the root's filesystem (the
+        nearest existing folder: the root may not exist yet)."""
+        folder = self.root.absolute()
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            found = os.statvfs(folder)
+        except OSError:
+            return None
+        return found.f_bavail * found.f_frsize
+
+    def partial_bytes(self, relative: str) -> int:
+        try:
+            return os.lstat(part_path(self.root / relative)).st_size
+        except OSError:
+            return 0
+
     async def open_part(self, relative: str, source: RemoteFile) -> LocalPartWriter:
         writer = LocalPartWriter(self.root / relative, source)
         writer.open()

@@ -141,4 +141,6 @@ def get_command(args: argparse.Namespace) -> int:
 
         return [resolve_task(f"get {args.source}", None, values)]
 
-    return _run_tasks(prepare, lambda: connection_for(source))
+    return _run_tasks(
+        prepare, lambda: connection_for(source), list_paths=getattr(args, "list", False)
+    )

@@ -21,7 +21,8 @@ from ..._connection import ConnectionSettings, resolve_connection
 from ..._defaults import DEFAULT_CONFIG_FILE, LOG_LEVELS
 from ..._exceptions import ConfigError, DataferryError
 from ...observe import ObserverGroup, TaskObserver
-from ...observe.progress import BarProgress, LogProgress, human_bytes, use_bars
+from ...observe.progress import LogProgress, use_bars
+from ...observe.units import format_bytes
 from ...plan.names import shown
 from ...sources.ssh.tcp import EarlyConnection
 from .. import Terminated, configure_logging
@@ -40,7 +41,7 @@ def run_seed_task(args: argparse.Namespace) -> int:
         config = load_config(args.config_file, explicit=args.config_file is not None, default=None)
         return _resolve_tasks([args.task], config, overrides_from(args))
 
-    return _run_tasks(prepare)
+    return _run_tasks(prepare, list_paths=getattr(args, "list", False))
 
 
 def load_config(path: Path | None, *, explicit: bool, default: Path | None) -> ConfigFile | None:
@@ -75,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{config.path}: --all: the file has no task sections")
         return _resolve_tasks(list(config.tasks), config, overrides_from(args))
 
-    return _run_tasks(prepare)
+    return _run_tasks(prepare, list_paths=getattr(args, "list", False))
 
 
 def _resolve_tasks(
@@ -90,6 +91,8 @@ def _resolve_tasks(
 def _run_tasks(
     prepare: Callable[[], list[TaskSettings]],
     resolve: Callable[[], ConnectionSettings] = resolve_connection,
+    *,
+    list_paths: bool = False,
 ) -> int:
     """Validate the tasks and run them, the connection already under way.
 
@@ -113,7 +116,11 @@ def _run_tasks(
     from ...sources.ssh import SSHConnector  # asyncssh: loads while the TCP connection opens
 
     connector = SSHConnector(connection, early) if connection else None
-    return asyncio.run(_until_terminated(_run_tasks_async(prepare, connector, connection_error)))
+    return asyncio.run(
+        _until_terminated(
+            _run_tasks_async(prepare, connector, connection_error, list_paths=list_paths)
+        )
+    )
 
 
 async def _until_terminated(work: Coroutine[object, object, int]) -> int:
@@ -144,6 +151,8 @@ async def _run_tasks_async(
     prepare: Callable[[], list[TaskSettings]],
     connector: SSHConnector | None,
     connection_error: ConfigError | None,
+    *,
+    list_paths: bool = False,
 ) -> int:
     held = _HeldRecords.install()
     if connector is not None:
@@ -168,16 +177,24 @@ async def _run_tasks_async(
                 with task_observer(settings) as observer:
                     report = await run_task(settings, connector, observer)
             except DataferryError as exc:
+                _name_task(exc, settings.name)
                 if len(tasks) == 1:
                     raise
                 print(f"dataferry: error: {exc}", file=sys.stderr)
                 failures.append(exc)
                 continue
-            _print_report(report)
+            _print_report(report, list_paths=list_paths)
         return failures[0].exit_code if failures else 0
     finally:
         if connector is not None:
             await connector.aclose()
+
+
+def _name_task(exc: DataferryError, task: str) -> None:
+    """Errors name their task: the engine's mostly do, the source's (a missing remote
+    path, a refused host key) do not know it."""
+    if exc.args and not str(exc).startswith(f"{task}:"):
+        exc.args = (f"{task}: {exc}", *exc.args[1:])
 
 
 class _HeldRecords(logging.Handler):
@@ -215,8 +232,12 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
     group = ObserverGroup()
     with contextlib.ExitStack() as stack:
         if use_bars(sys.stderr) and settings.log_level != "DEBUG":
-            group.add(stack.enter_context(BarProgress(sys.stderr)))
-        group.add(LogProgress())
+            from ...observe.display import TaskDisplay
+
+            # The display shows what the periodic progress lines would: no LogProgress.
+            group.add(stack.enter_context(TaskDisplay(sys.stderr)))
+        else:
+            group.add(LogProgress())
         if settings.metrics_port:
             from ...observe.metrics import MetricsServer
 
@@ -233,11 +254,20 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
         yield group
 
 
-def _print_report(report: TaskReport) -> None:
+# A summary lists its paths up to this many files; beyond, only with --list.
+LISTED_PATHS = 10
+
+
+def _print_report(report: TaskReport, *, list_paths: bool = False) -> None:
+    """Counts, bytes, time and destination; every path with --list (or a few files)."""
     skipped = f", {len(report.up_to_date)} already up to date" if report.up_to_date else ""
+    where = f" in {shown(str(report.folder))}" if report.folder is not None else ""
     print(
-        f"{report.task}: {len(report.files)} file(s) ready{skipped}, "
-        f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
+        f"{report.task}: {len(report.files)} file(s) ready{where}{skipped}, "
+        f"{format_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
     )
-    for path in report.files:
-        print(f"  {shown(str(path))}")
+    if list_paths or len(report.files) <= LISTED_PATHS:
+        for path in report.files:
+            print(f"  {shown(str(path))}")
+    else:
+        print(f"  (--list shows all {len(report.files)} paths)")

@@ -16,10 +16,16 @@ from collections.abc import Sequence
 import asyncssh
 
 from ..._connection import ConnectionSettings
-from ..._exceptions import AuthenticationError, HostKeyError, TransientError
+from ..._exceptions import AuthenticationError, HostKeyError, TransientError, UnknownHostError
 from .config import Hop, Route, resolve_route
 from .keys import agent_running, load_client_keys
-from .tcp import CONNECT_TIMEOUT, EarlyConnection, QuickAckSocket, open_socket
+from .tcp import (
+    CONNECT_TIMEOUT,
+    EarlyConnection,
+    QuickAckSocket,
+    name_does_not_resolve,
+    open_socket,
+)
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -91,6 +97,11 @@ async def _first_socket(route: Route, early: EarlyConnection | None) -> QuickAck
             return await open_socket(*address)
     except (OSError, TimeoutError) as exc:
         where = f"jump host {first.name} ({first.describe()})" if route.jumps else first.describe()
+        if name_does_not_resolve(exc):  # a typo: one line at once, no retries
+            raise UnknownHostError(
+                f"cannot connect to {where}: the host name {first.settings.host!r} does not "
+                f"resolve ({_reason(exc)}); check REMOTE_HOST_ADDRESS or the ssh config"
+            ) from None
         raise TransientError(f"cannot connect to {where}: {_reason(exc)}") from exc
 
 

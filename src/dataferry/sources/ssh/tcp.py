@@ -20,6 +20,24 @@ CONNECT_TIMEOUT = 20.0
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
+# getaddrinfo's answers that no retry changes: the name does not exist, or has
+# no address. EAI_AGAIN (a DNS server that did not answer) stays transient.
+_NO_SUCH_NAME = frozenset(
+    code
+    for code in (
+        getattr(socket, "EAI_NONAME", None),
+        getattr(socket, "EAI_NODATA", None),
+        getattr(socket, "EAI_FAIL", None),
+    )
+    if code is not None
+)
+
+
+def name_does_not_resolve(exc: BaseException) -> bool:
+    """A host-name lookup failed for good (a typo in REMOTE_HOST_ADDRESS)."""
+    return isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME
+
+
 class QuickAckSocket(socket.socket):
     """A TCP socket that acknowledges what it receives at once, not up to 40 ms later.
 
