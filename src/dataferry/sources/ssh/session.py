@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import shlex
 import stat
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +29,15 @@ from ..._exceptions import (
     RemotePathError,
     TransientError,
 )
-from ..base import Listing, RemoteFile, Source, SourceConnector, SourceReader
+from ..base import (
+    Listing,
+    RemoteFile,
+    Selection,
+    Source,
+    SourceConnector,
+    SourceReader,
+    as_selection,
+)
 from .tcp import CONNECT_TIMEOUT, EarlyConnection, open_socket
 
 log = logging.getLogger("dataferry.ssh")
@@ -188,64 +196,142 @@ class SSHSource(Source):
         self.round_trip = min(self.round_trip, time.monotonic() - started)
         return attrs
 
-    async def find(self, remote_path: str, include: tuple[str, ...]) -> Listing:
-        """The file at remote_path, or, when it is a folder, its files matching include.
+    async def find(self, remote_path: str, include: tuple[str, ...] | Selection) -> Listing:
+        """The file at remote_path, or, when it is a folder, the files the selection keeps.
 
-        The stat and the folder read go out together, so a folder costs one
-        round trip less (~30 ms on a far link); for a file the server refuses
-        the folder read at once, in the same round trip.
+        The stat and the folder's first read go out together, so a folder costs
+        one round trip less (~30 ms on a far link); for a file the server
+        refuses the folder read at once, in the same round trip. Entries are
+        filtered as they arrive: only kept files are held (a folder of a million
+        entries matching nothing lists in bounded memory).
         """
-        reading = asyncio.ensure_future(self._read_folder(remote_path))
+        selection = as_selection(include)
+        entries = self.sftp.scandir(remote_path)
+        first = asyncio.ensure_future(self._next_entry(entries, remote_path))
         try:
             attrs = await self.stat(remote_path)
         except BaseException:
-            await _settle(reading)
+            await _settle(first)
+            await _close_stream(entries)
             raise
         if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
-            files = await self._matching_files(remote_path, await reading, include)
+            files = await self._matching_files(remote_path, selection, entries, first)
             return Listing(remote_path, True, tuple(files))
-        await _settle(reading)
+        await _settle(first)
+        await _close_stream(entries)
         if attrs.permissions is not None and not stat.S_ISREG(attrs.permissions):
             # A FIFO or device: opening it would block sshd's sftp-server for good.
             raise RemotePathError(f"remote path is not a regular file or folder: {remote_path}")
         file = RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
         return Listing(remote_path, False, (file,))
 
-    async def _read_folder(self, remote_dir: str) -> Sequence[asyncssh.SFTPName]:
+    async def _next_entry(
+        self, entries: AsyncIterator[asyncssh.SFTPName], remote_dir: str
+    ) -> asyncssh.SFTPName | None:
+        """The next entry of a folder being read, None at its end (one request at most)."""
         with translate_sftp_errors(remote_dir):
             async with asyncio.timeout(self.request_timeout):
-                return await self.sftp.readdir(remote_dir)
+                try:
+                    return await anext(entries)
+                except StopAsyncIteration:
+                    return None
 
     async def _matching_files(
-        self, remote_dir: str, entries: Sequence[asyncssh.SFTPName], include: tuple[str, ...]
+        self,
+        root: str,
+        selection: Selection,
+        entries: AsyncIterator[asyncssh.SFTPName],
+        first: asyncio.Future[asyncssh.SFTPName | None],
     ) -> list[RemoteFile]:
-        """Regular files directly in remote_dir whose names match a pattern.
+        """Regular files under root the selection keeps, sorted; subfolders it lets in
+        are read FOLDERS_IN_FLIGHT at a time (round trips add up on a far link).
 
         SFTP's READDIR returns names as they are (spaces and all), unlike
         parsing ``ls`` output as the seed did.
         """
-        files = []
-        for entry in entries:
-            name = str(entry.filename)
-            if name in (".", ".."):
-                continue
-            attrs = entry.attrs
-            if attrs.permissions is not None and stat.S_ISLNK(attrs.permissions):
-                # READDIR reports the link itself; follow it to see what it points at.
-                with contextlib.suppress(asyncssh.SFTPError):
-                    async with asyncio.timeout(self.request_timeout):
-                        attrs = await self.sftp.stat(str(PurePosixPath(remote_dir) / name))
-            if attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
-                continue
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
-                log.debug("skipping %s: matches none of %s", name, ", ".join(include))
-                continue
-            files.append(
-                RemoteFile(
-                    str(PurePosixPath(remote_dir) / name), attrs.size or 0, int(attrs.mtime or 0)
-                )
+        files: list[RemoteFile] = []
+        waiting: deque[str] = deque()
+        links = _LinkCheck(self, root)
+        reading: set[asyncio.Future[None]] = {
+            asyncio.ensure_future(
+                self._read_folder(root, "", selection, links, files, waiting, (entries, first))
             )
+        }
+        try:
+            while reading:
+                done, reading = await asyncio.wait(reading, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                while waiting and len(reading) < FOLDERS_IN_FLIGHT:
+                    relative = waiting.popleft()
+                    reading.add(
+                        asyncio.ensure_future(
+                            self._read_folder(root, relative, selection, links, files, waiting)
+                        )
+                    )
+        finally:
+            for task in reading:
+                task.cancel()
+            await asyncio.gather(*reading, return_exceptions=True)
         return sorted(files, key=lambda remote: remote.path)
+
+    async def _read_folder(
+        self,
+        root: str,
+        relative: str,
+        selection: Selection,
+        links: _LinkCheck,
+        files: list[RemoteFile],
+        subfolders: deque[str],
+        started: tuple[AsyncIterator[asyncssh.SFTPName], asyncio.Future[asyncssh.SFTPName | None]]
+        | None = None,
+    ) -> None:
+        """Read one folder as a stream: keep the files the selection keeps, queue the
+        subfolders it lets in, and tell it of everything else."""
+        remote_dir = str(PurePosixPath(root) / relative) if relative else root
+        first: asyncio.Future[asyncssh.SFTPName | None]
+        if started is None:
+            entries = self.sftp.scandir(remote_dir)
+            first = asyncio.ensure_future(self._next_entry(entries, remote_dir))
+        else:
+            entries, first = started
+        loop = asyncio.get_running_loop()
+        try:
+            # One deadline for the whole read, pushed back as entries arrive: a timer
+            # per entry costs more than the entry itself in a folder of a million.
+            with translate_sftp_errors(remote_dir):
+                async with asyncio.timeout(self.request_timeout) as deadline:
+                    entry = await first
+                    renewed = loop.time()
+                    while entry is not None:
+                        name = str(entry.filename)
+                        if name not in (".", ".."):
+                            path = f"{relative}/{name}" if relative else name
+                            mode = entry.attrs.permissions
+                            if mode is not None and stat.S_ISLNK(mode):
+                                # READDIR reports the link itself: see what it points at.
+                                links.pending.append((path, remote_dir, name))
+                                await links.resolve(selection, files, subfolders)
+                            else:
+                                _sort(
+                                    path,
+                                    remote_dir,
+                                    name,
+                                    entry.attrs,
+                                    selection,
+                                    files,
+                                    subfolders,
+                                )
+                        now = loop.time()
+                        if now - renewed >= DEADLINE_STEP:
+                            deadline.reschedule(now + self.request_timeout)
+                            renewed = now
+                        entry = await anext(entries, None)
+        finally:
+            if not first.done():
+                first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await _close_stream(entries)
 
     async def open(self, file: RemoteFile) -> SSHReader:
         """Open a remote file for reading; close it with its close_later()."""
@@ -286,8 +372,103 @@ class SSHSource(Source):
         }
 
 
+# Subfolders read at once while walking a tree.
+FOLDERS_IN_FLIGHT = 8
+# Seconds between pushes of a folder read's deadline (request_timeout after the last).
+DEADLINE_STEP = 1.0
+
+
+def _join(remote_dir: str, name: str) -> str:
+    return str(PurePosixPath(remote_dir) / name)
+
+
+def _sort(
+    relative: str,
+    remote_dir: str,
+    name: str,
+    attrs: asyncssh.SFTPAttrs,
+    selection: Selection,
+    files: list[RemoteFile],
+    subfolders: deque[str],
+) -> None:
+    """Keep a regular file, queue a folder, or tell the selection why neither."""
+    mode = attrs.permissions
+    if mode is not None and stat.S_ISDIR(mode):
+        reason = selection.folder_skip_reason(relative)
+        if reason is None:
+            subfolders.append(relative)
+        else:
+            selection.left_out(relative + "/", reason)
+        return
+    if mode is None or not stat.S_ISREG(mode):
+        selection.left_out(relative, "not a regular file")
+        return
+    size, mtime = attrs.size or 0, int(attrs.mtime or 0)
+    reason = selection.file_skip_reason(relative, size, mtime)
+    if reason is None:
+        files.append(RemoteFile(_join(remote_dir, name), size, mtime))
+    else:
+        selection.left_out(relative, reason)
+
+
+class _LinkCheck:
+    """Remote symbolic links: one to a regular file inside the listed tree is listed as
+    that file, under the link's name; one to a folder, one leading outside the tree and
+    a broken one are left out (never followed: no loops, nothing outside what was asked)."""
+
+    def __init__(self, source: SSHSource, root: str) -> None:
+        self.source = source
+        self.root = root
+        self.root_real: str | None = None
+        self.pending: list[tuple[str, str, str]] = []  # (relative, remote folder, name)
+
+    async def resolve(
+        self, selection: Selection, files: list[RemoteFile], subfolders: deque[str]
+    ) -> None:
+        pending, self.pending = self.pending, []
+        for relative, folder, name in pending:
+            remote_path = _join(folder, name)
+            reason = await self._refusal(remote_path)
+            if reason is not None:
+                selection.left_out(relative, reason)
+                continue
+            with contextlib.suppress(RemotePathError):
+                attrs = await self.source.stat(remote_path)
+                if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
+                    selection.left_out(relative, "a link to a folder (not followed)")
+                    continue
+                _sort(relative, folder, name, attrs, selection, files, subfolders)
+                continue
+            selection.left_out(relative, "a broken link")
+
+    async def _refusal(self, remote_path: str) -> str | None:
+        sftp, timeout = self.source.sftp, self.source.request_timeout
+        try:
+            with translate_sftp_errors(remote_path):
+                async with asyncio.timeout(timeout):
+                    if self.root_real is None:
+                        self.root_real = str(await sftp.realpath(self.root))
+                    target = str(await sftp.realpath(remote_path))
+        except RemotePathError:
+            return "a broken link"
+        root = self.root_real.rstrip("/")
+        if target == root or not target.startswith(root + "/"):
+            return "a link leading outside the listed folder"
+        return None
+
+
+async def _close_stream(entries: AsyncIterator[Any]) -> None:
+    """Close a folder read (its handle on the server); its outcome does not matter."""
+    closing = getattr(entries, "aclose", None)
+    if closing is not None:
+        with contextlib.suppress(Exception):
+            await closing()
+
+
 async def _settle(future: asyncio.Future[Any]) -> None:
     """Let a request that is no longer needed finish; its outcome does not matter."""
+    if future.cancelled():
+        return
     with contextlib.suppress(Exception):
         await future
 
