@@ -84,6 +84,34 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for all, "
         "as in a container)",
     ),
+    # Trees and drop folders (docs/trees.md).
+    ("--min_size", "min_size", "SIZE", "skip files smaller than SIZE (10M, 500K; 1024-based)"),
+    ("--max_size", "max_size", "SIZE", "skip files larger than SIZE"),
+    (
+        "--newer_than",
+        "newer_than",
+        "WHEN",
+        "skip files modified before WHEN: a date (2026-11-30) or a duration ago (7d)",
+    ),
+    ("--max_age", "max_age", "DURATION", "skip files modified longer ago than DURATION (7d)"),
+    (
+        "--min_age",
+        "min_age",
+        "DURATION",
+        "skip files modified within DURATION (they may still be written; 5m)",
+    ),
+    (
+        "--stable_for",
+        "stable_for",
+        "DURATION",
+        "fetch a file only if its size and mtime stay the same across two listings DURATION apart",
+    ),
+    (
+        "--ready_marker",
+        "ready_marker",
+        "TEMPLATE",
+        "fetch X only once the marker file TEMPLATE exists beside it ('{name}.done')",
+    ),
 )
 
 EPILOG = (
@@ -131,6 +159,23 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="for a remote folder: fetch files matching GLOB (repeatable; default *.csv and *.zip)",
     )
+    group.add_argument(
+        "--exclude",
+        dest="exclude",
+        metavar="GLOB",
+        action="append",
+        default=None,
+        help="leave out files matching GLOB; a GLOB ending in /** leaves out a folder unlisted "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--recursive",
+        dest=_dest("recursive"),
+        action="store_const",
+        const="true",
+        default=None,
+        help="walk the remote folder's subfolders too, keeping the tree's shape",
+    )
 
 
 def _dest(key: str) -> str:
@@ -140,13 +185,34 @@ def _dest(key: str) -> str:
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """The override flags the user gave, keyed by their config.json spelling."""
     values: dict[str, object] = {}
-    for key in [key for _, key, _, _ in OVERRIDES] + ["force", "frozen"]:
+    for key in [key for _, key, _, _ in OVERRIDES] + ["force", "frozen", "recursive"]:
         value = getattr(args, _dest(key), None)
         if value is not None:
             values[key] = value
     if getattr(args, "include", None):
         values["include"] = list(args.include)
+    if getattr(args, "exclude", None):
+        values["exclude"] = list(args.exclude)
     return values
+
+
+def _add_modes(parser: argparse.ArgumentParser) -> None:
+    """How a run reports and whether it acts (not task settings)."""
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="list and print the plan (each file to fetch, to skip and why, total bytes); "
+        "write nothing",
+    )
+    parser.add_argument(
+        "--json",
+        dest="json",
+        action="store_true",
+        help="one JSON object per line on stdout for each event (fetched, skipped, failed, "
+        "summary); logs stay on stderr",
+    )
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -183,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags give both paths)",
     )
     _add_overrides(run)
+    _add_modes(run)
 
     verify = commands.add_parser(
         "verify",
@@ -291,6 +358,7 @@ def build_seed_parser(task: str) -> argparse.ArgumentParser:
         help="config.json with common and per-task settings (optional when flags give both paths)",
     )
     _add_overrides(parser)
+    _add_modes(parser)
     return parser
 
 

@@ -31,6 +31,7 @@ from ..extract import ArchiveKind, ExtractLimits, may_be_archive
 from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
+from ..plan.listing import list_task
 from ..plan.names import shown
 from ..sinks import Extracted, Sink
 from ..sinks.local import LocalSink
@@ -116,7 +117,7 @@ class _TaskRun:
         async with self.connector.session() as source:
             source.request_timeout = self.settings.request_timeout
             self.observer.state_changed(self.name, TaskState.LISTING)
-            listing = await source.find(self.settings.remote_file_path, self.settings.include)
+            listing = await list_task(source, self.settings, self._left_out())
             plan = plan_files(self.settings, listing)
             if self.decisions is None:
                 self._first_plan(plan)
@@ -140,6 +141,14 @@ class _TaskRun:
             for item in plan.files
             if item.remote.path in self.done
         ]
+
+    def _left_out(self) -> Callable[[str, str], None] | None:
+        """Files the filters leave out go to the observer, on the first try only."""
+        if self.decisions is not None:
+            return None
+        return lambda remote_path, reason: self.observer.file_skipped(
+            self.name, remote_path, reason
+        )
 
     @property
     def destination(self) -> str:
