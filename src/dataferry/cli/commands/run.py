@@ -26,6 +26,7 @@ from ...plan.names import shown
 from ...sources.ssh.tcp import EarlyConnection
 from .. import Terminated, configure_logging
 from ..definition import overrides_from
+from .dry_run import RunMode, dry_run
 
 if TYPE_CHECKING:
     from ..._settings import ConfigFile, TaskSettings
@@ -40,7 +41,7 @@ def run_seed_task(args: argparse.Namespace) -> int:
         config = load_config(args.config_file, explicit=args.config_file is not None, default=None)
         return _resolve_tasks([args.task], config, overrides_from(args))
 
-    return _run_tasks(prepare)
+    return _run_tasks(prepare, RunMode.of(args))
 
 
 def load_config(path: Path | None, *, explicit: bool, default: Path | None) -> ConfigFile | None:
@@ -75,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{config.path}: --all: the file has no task sections")
         return _resolve_tasks(list(config.tasks), config, overrides_from(args))
 
-    return _run_tasks(prepare)
+    return _run_tasks(prepare, RunMode.of(args))
 
 
 def _resolve_tasks(
@@ -87,7 +88,7 @@ def _resolve_tasks(
     return [resolve_task(name, config, overrides) for name in names]
 
 
-def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
+def _run_tasks(prepare: Callable[[], list[TaskSettings]], mode: RunMode | None = None) -> int:
     """Validate the tasks and run them, the connection already under way.
 
     Start-up and the login used to follow each other; now they overlap:
@@ -110,7 +111,9 @@ def _run_tasks(prepare: Callable[[], list[TaskSettings]]) -> int:
     from ...sources.ssh import SSHConnector  # asyncssh: loads while the TCP connection opens
 
     connector = SSHConnector(connection, early) if connection else None
-    return asyncio.run(_until_terminated(_run_tasks_async(prepare, connector, connection_error)))
+    return asyncio.run(
+        _until_terminated(_run_tasks_async(prepare, connector, connection_error, mode))
+    )
 
 
 async def _until_terminated(work: Coroutine[object, object, int]) -> int:
@@ -141,8 +144,10 @@ async def _run_tasks_async(
     prepare: Callable[[], list[TaskSettings]],
     connector: SSHConnector | None,
     connection_error: ConfigError | None,
+    mode: RunMode | None = None,
 ) -> int:
     held = _HeldRecords.install()
+    mode = mode or RunMode()
     if connector is not None:
         connector.start()
     try:
@@ -163,14 +168,18 @@ async def _run_tasks_async(
         for settings in tasks:
             try:
                 with task_observer(settings) as observer:
-                    report = await run_task(settings, connector, observer)
+                    if mode.dry_run:
+                        await dry_run(settings, connector, mode.observer(observer), mode)
+                        continue
+                    report = await run_task(settings, connector, mode.observer(observer))
             except DataferryError as exc:
                 if len(tasks) == 1:
                     raise
                 print(f"dataferry: error: {exc}", file=sys.stderr)
                 failures.append(exc)
                 continue
-            _print_report(report)
+            if mode.json is None:  # stdout is the JSON lines'
+                _print_report(report)
         return failures[0].exit_code if failures else 0
     finally:
         if connector is not None:
