@@ -77,6 +77,12 @@ def _parse_marker(value: object) -> object:
     return parse_marker(value)
 
 
+def _parse_after_fetch(value: object) -> object:
+    from .plan.filters import parse_after_fetch
+
+    return parse_after_fetch(value)
+
+
 Bool = Annotated[bool, BeforeValidator(parse_bool)]
 LogLevel = Annotated[str, BeforeValidator(_parse_log_level)]
 
@@ -121,6 +127,8 @@ class TaskSettings(BaseModel):
     min_age: Annotated[float, BeforeValidator(_parse_duration)] | None = None
     stable_for: Annotated[float, BeforeValidator(_parse_duration)] | None = None
     ready_marker: Annotated[str, BeforeValidator(_parse_marker)] | None = None
+    # keep | delete | move:/remote/folder, once a file is safe here (engine/after_fetch.py).
+    after_fetch: Annotated[str, BeforeValidator(_parse_after_fetch)] = "keep"
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
 

@@ -112,6 +112,13 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "TEMPLATE",
         "fetch X only once the marker file TEMPLATE exists beside it ('{name}.done')",
     ),
+    (
+        "--after_fetch",
+        "after_fetch",
+        "keep|delete|move:/DIR",
+        "once a file is safe here, leave it on the server (default), delete it, or move it "
+        "into /DIR there",
+    ),
 )
 
 EPILOG = (

@@ -36,6 +36,7 @@ from ..plan.names import shown
 from ..sinks import Extracted, Sink
 from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
+from .after_fetch import act_after_fetch
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
 from .tee import OverlappedExtraction, start_extraction
@@ -211,6 +212,18 @@ class _TaskRun:
             and item.remote.path not in self.done
         ]
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
+
+    def safe_here(self) -> list[PlannedFile]:
+        """The files fetched and recorded, or up to date: after_fetch may act on them."""
+        if self.plan is None or self.decisions is None:
+            return []
+        up_to_date = self.decisions.up_to_date
+        return [
+            item
+            for item in self.plan.files
+            if item.remote.path in up_to_date
+            or (item.remote.path in self.done and self.done[item.remote.path].recorded)
+        ]
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
         """An archive an interrupted run downloaded in full but did not finish extracting."""
@@ -529,6 +542,8 @@ async def run_task(
                     f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
                 ) from None
             run.extract()
+            if settings.after_fetch != "keep" and not settings.frozen:
+                await act_after_fetch(settings, connection, run.safe_here())
     except Exception as exc:
         observer.state_changed(settings.name, TaskState.FAILED)
         observer.error(settings.name, str(exc))

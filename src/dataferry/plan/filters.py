@@ -118,6 +118,19 @@ def parse_marker(value: object) -> str:
     return value
 
 
+def parse_after_fetch(value: object) -> str:
+    """keep | delete | move:/absolute/remote/folder."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("keep", "delete"):
+            return text
+        if text.startswith("move:"):
+            folder = text.removeprefix("move:")
+            if folder.startswith("/") and ".." not in PurePosixPath(folder).parts:
+                return "move:" + str(PurePosixPath(folder))
+    raise ValueError("expected keep, delete or move:/remote/folder (an absolute path)")
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """The regular expression of a filter pattern (rules: see the module's docstring)."""
     anchored = pattern.startswith("/")

@@ -217,6 +217,19 @@ class Source(abc.ABC):
 
         raise ConfigError(f"verify is sha256 but {self.describe()} cannot compute digests")
 
+    async def remove(self, path: str) -> None:
+        """Delete a remote file (after_fetch: delete); RemotePathError when refused."""
+        from .._exceptions import RemotePathError
+
+        raise RemotePathError(f"{self.describe()} cannot delete {path}")
+
+    async def move(self, path: str, new_path: str) -> None:
+        """Rename a remote file, never over an existing one (after_fetch: move),
+        creating new_path's folders; RemotePathError when refused."""
+        from .._exceptions import RemotePathError
+
+        raise RemotePathError(f"{self.describe()} cannot move {path}")
+
     async def drain(self) -> None:  # noqa: B027  (optional hook)
         """Wait for requests still settling in the background (closes)."""
 

@@ -333,6 +333,18 @@ class SSHSource(Source):
             await asyncio.gather(first, return_exceptions=True)
             await _close_stream(entries)
 
+    async def remove(self, path: str) -> None:
+        with translate_sftp_errors(path), _refused(f"cannot delete {path}"):
+            async with asyncio.timeout(self.request_timeout):
+                await self.sftp.remove(path)
+
+    async def move(self, path: str, new_path: str) -> None:
+        with translate_sftp_errors(new_path), _refused(f"cannot move {path} to {new_path}"):
+            async with asyncio.timeout(self.request_timeout):
+                await self.sftp.makedirs(str(PurePosixPath(new_path).parent), exist_ok=True)
+                # SFTP's plain RENAME refuses an existing target (posix-rename would replace it).
+                await self.sftp.rename(path, new_path)
+
     async def open(self, file: RemoteFile) -> SSHReader:
         """Open a remote file for reading; close it with its close_later()."""
         with translate_sftp_errors(file.path):
@@ -471,6 +483,15 @@ async def _settle(future: asyncio.Future[Any]) -> None:
         return
     with contextlib.suppress(Exception):
         await future
+
+
+@contextlib.contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """A change the server refuses (read-only, permissions, target exists): say what."""
+    try:
+        yield
+    except asyncssh.SFTPError as exc:
+        raise RemotePathError(f"{what}: {exc.reason}") from None
 
 
 @contextlib.contextmanager
