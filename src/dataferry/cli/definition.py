@@ -258,6 +258,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(run)
     _add_modes(run)
 
+    watch = commands.add_parser(
+        "watch",
+        help="poll a task's remote folder and fetch what is new or changed, until stopped",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
+        description="Run a task every --every seconds on one kept connection (made again, "
+        "with backoff, when it drops). Serves /healthz and /metrics the whole time with "
+        "--metrics_port. SIGTERM or Ctrl-C stops it (a file in flight stays resumable), "
+        "exit 0. See docs/trees.md.",
+    )
+    watch.add_argument("task", help="task name, a section of config.json")
+    watch.add_argument(
+        "--every",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between the end of one poll and the start of the next (default 60)",
+    )
+    watch.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"config file (default ./{DEFAULT_CONFIG_FILE})",
+    )
+    _add_overrides(watch)
+    watch.add_argument(
+        "--json",
+        dest="json",
+        action="store_true",
+        help="one JSON object per line on stdout for each event; logs stay on stderr",
+    )
+
     verify = commands.add_parser(
         "verify",
         help="re-hash what the manifest records and list missing or changed files",
@@ -367,6 +400,16 @@ def build_seed_parser(task: str) -> argparse.ArgumentParser:
     _add_overrides(parser)
     _add_modes(parser)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
 
 
 def _size(text: str) -> int:

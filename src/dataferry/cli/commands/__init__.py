@@ -15,6 +15,7 @@ _HANDLERS = {
     "verify": ("verify", "verify_command"),
     "demo": ("demo", "demo_command"),
     "serve": ("serve", "serve_command"),
+    "watch": ("watch", "watch_command"),
 }
 COMMANDS = tuple(_HANDLERS)
 

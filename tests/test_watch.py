@@ -1,0 +1,98 @@
+"""``dataferry watch`` (issue 12): polls, picks up new files within two polls, serves
+/healthz and /metrics, survives a folder that is not there yet, and exits 0 on
+SIGTERM. A real process against the real servers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.remote import REPO, Remote
+from tests.support.sshd import free_port
+from tests.test_trees import plant
+
+DEADLINE = 60.0  # seconds: a hang guard, not a measurement
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def metric(port: int, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", scrape(port), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_until(condition: object, what: str) -> None:
+    assert callable(condition)
+    give_up = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def watching(remote: Remote, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    drop = remote.root / "drop"
+    args = [
+        sys.executable, "-m", "dataferry", "watch", "t", "--every", "0.3",
+        "--file_save_path", str(tmp_path / "out"), "--remote_file_path", remote.path(drop),
+        "--metrics_port", str(port), "--max_tries", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        args,
+        env={**remote.env(), "PYTHONPATH": str(REPO / "src")},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_watch_fetches_new_files_and_stops_on_sigterm(
+    remote: Remote, tmp_path: Path, watching: tuple[subprocess.Popen[str], int]
+) -> None:
+    process, port = watching
+    out = tmp_path / "out"
+
+    def serving() -> bool:
+        try:
+            return scrape(port, "/healthz") == "ok\n"
+        except OSError:
+            return process.poll() is not None  # it died: the assertions below say why
+
+    wait_until(serving, "/healthz")
+    assert process.poll() is None, process.communicate()
+    # The folder is not there yet: polls fail, are counted, and the watch goes on.
+    wait_until(lambda: metric(port, "dataferry_watch_poll_errors_total") >= 1, "a failed poll")
+    plant(remote.root / "drop", {"a.csv": b"first"})
+    wait_until(lambda: (out / "a.csv").exists(), "a.csv")
+    before = metric(port, "dataferry_watch_polls_total")
+    plant(remote.root / "drop", {"b.csv": b"second"})
+    wait_until(lambda: (out / "b.csv").exists(), "b.csv")
+    assert metric(port, "dataferry_watch_polls_total") <= before + 2  # within two polls
+    wait_until(lambda: metric(port, "dataferry_watch_files_fetched_total") == 2, "the count")
+    assert metric(port, "dataferry_watch_last_success_timestamp_seconds") > 0
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 0, stderr
+    assert "watch of t stopped" in stderr
+    assert (out / "a.csv").read_bytes() == b"first"
+    assert (out / "b.csv").read_bytes() == b"second"
