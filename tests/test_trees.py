@@ -180,3 +180,26 @@ def test_links_are_followed_only_to_files_inside_the_tree(
     }
     assert "a link leading outside the listed folder" in result.stderr
     assert "a broken link" in result.stderr
+
+
+def test_hostile_folder_names_are_not_entered_and_shown_escaped(
+    remote: Remote, tmp_path: Path
+) -> None:
+    drop = remote.root / "drop"
+    plant(
+        drop,
+        {
+            "ok/a.csv": b"a",
+            "red\x1b[31m/b.csv": b"b",
+            ".dataferry-staging-x/c.csv": b"c",  # one of dataferry's bookkeeping names
+        },
+    )
+    out = tmp_path / "out"
+    result = run_cli([*run_args(out, remote.path(drop)), "--recursive"], remote.env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert local_tree(out) == {"ok/a.csv": b"a"}
+    assert "\x1b" not in result.stderr + result.stdout
+    assert "skipping folder 'red\\x1b[31m' from the server: contains a control character" in (
+        result.stderr
+    )
+    assert "a name dataferry uses for its own files" in result.stderr

@@ -11,11 +11,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.support.remote import REPO, Remote
+from tests.support.faults import FaultProxy
+from tests.support.remote import REPO, Remote, through
 from tests.support.sshd import free_port
 from tests.test_trees import plant
 
@@ -41,16 +43,14 @@ def wait_until(condition: object, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def watching(remote: Remote, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = free_port()
+def start_watch(remote: Remote, tmp_path: Path, port: int) -> subprocess.Popen[str]:
     drop = remote.root / "drop"
     args = [
         sys.executable, "-m", "dataferry", "watch", "t", "--every", "0.3",
         "--file_save_path", str(tmp_path / "out"), "--remote_file_path", remote.path(drop),
         "--metrics_port", str(port), "--max_tries", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(
+    return subprocess.Popen(
         args,
         env={**remote.env(), "PYTHONPATH": str(REPO / "src")},
         cwd=tmp_path,
@@ -58,6 +58,12 @@ def watching(remote: Remote, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture
+def watching(remote: Remote, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    process = start_watch(remote, tmp_path, port)
     try:
         yield process, port
     finally:
@@ -96,3 +102,38 @@ def test_watch_fetches_new_files_and_stops_on_sigterm(
     assert "watch of t stopped" in stderr
     assert (out / "a.csv").read_bytes() == b"first"
     assert (out / "b.csv").read_bytes() == b"second"
+
+
+def test_watch_survives_the_server_going_away(remote: Remote, tmp_path: Path) -> None:
+    """The server disappears (connections cut, nothing listening), polls fail and are
+    counted, the server comes back: the watch reconnects and fetches what is new."""
+    port = free_port()
+    drop = remote.root / "drop"
+    plant(drop, {"a.csv": b"first"})
+    out = tmp_path / "out"
+    proxy: FaultProxy | None = FaultProxy(remote.connection.port).__enter__()
+    assert proxy is not None
+    proxied = replace(remote, connection=through(remote.connection, proxy.port, tmp_path))
+    process = start_watch(proxied, tmp_path, port)
+    try:
+        wait_until(lambda: (out / "a.csv").exists() or process.poll() is not None, "a.csv")
+        assert process.poll() is None, process.communicate()
+        proxy.__exit__(None, None, None)  # the server goes away
+        proxy = None
+        errors = metric(port, "dataferry_watch_poll_errors_total")
+        wait_until(
+            lambda: metric(port, "dataferry_watch_poll_errors_total") >= errors + 2, "errors"
+        )
+        plant(drop, {"b.csv": b"second"})
+        proxy = FaultProxy(remote.connection.port, port=proxied.connection.port).__enter__()
+        wait_until(lambda: (out / "b.csv").exists(), "b.csv after the server came back")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=DEADLINE)
+        assert process.returncode == 0, stderr
+        assert "poll failed" in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        if proxy is not None:
+            proxy.__exit__(None, None, None)
