@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.support.remote import Remote, run_args, run_cli
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import Remote, run_args, run_cli, through
 from tests.test_trees import local_tree, plant
 
 WRITER = """
@@ -97,3 +99,35 @@ def test_a_ready_marker_holds_its_file_back_until_it_exists(remote: Remote, tmp_
     (drop / "a.csv.done").write_bytes(b"")
     assert run_cli(args, remote.env(), tmp_path).returncode == 0
     assert local_tree(out) == {"a.csv": b"a", "b.csv": b"b"}
+
+
+def test_a_file_that_grows_during_its_transfer_is_never_recorded_complete(
+    remote: Remote, tmp_path: Path, manifest_path: Path
+) -> None:
+    """Its ready marker came too early: the download starts while a writer appends;
+    each try finds the file changed before it takes its final name, and nothing
+    claims the file (the whole file fits in the first reads: the read past its
+    listed end goes out before the next append)."""
+    drop = remote.root / "drop"
+    growing = drop / "growing.csv"
+    plant(drop, {"growing.csv": b"x" * (512 << 10), "growing.csv.done": b""})
+    running = Writer(growing)
+    try:
+        with FaultProxy(remote.connection.port, FaultPlan(rate=1 << 20)) as proxy:
+            proxied = replace(remote, connection=through(remote.connection, proxy.port, tmp_path))
+            out = tmp_path / "out"
+            result = run_cli(
+                [
+                    *run_args(out, remote.path(drop)),
+                    *("--max_tries", "2", "--ready_marker", "{name}.done"),
+                ],
+                proxied.env(),
+                tmp_path,
+            )
+    finally:
+        running.stop()
+    assert result.returncode == 5, result.stderr
+    assert "changed during the transfer" in result.stderr
+    assert not (out / "growing.csv").exists()
+    manifest = manifest_path.read_text() if manifest_path.exists() else ""
+    assert "growing.csv" not in manifest or '"complete": false' in manifest

@@ -1,4 +1,5 @@
-"""after_fetch: what happens on the server to a file once it is safe here.
+"""after_fetch: what happens on the server to a file once it is safe here (and the
+check that a file of a live drop folder did not change while it downloaded).
 
 ``keep`` (the default) leaves it. ``delete`` removes it; ``move:/folder`` renames
 it into /folder, keeping its path below remote_file_path (never over an
@@ -12,15 +13,41 @@ warning, and the task still succeeds (its data is safe here).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import PurePosixPath
 
 from .._exceptions import RemotePathError, TransientError
 from .._settings import TaskSettings
 from ..plan import PlannedFile
 from ..plan.names import shown
-from ..sources import Source, SourceConnector
+from ..sources import RemoteFile, Source, SourceConnector
 
 log = logging.getLogger("dataferry.engine")
+
+
+def still_as_listed(
+    settings: TaskSettings, source: Source, remote: RemoteFile
+) -> Callable[[], Awaitable[None]] | None:
+    """For a live drop folder (min_age, stable_for or ready_marker set): a check, right
+    before a download takes its final name, that the file is still as listed.
+
+    The read past the listed end catches most growth, but when the whole file
+    fits in the first reads that read goes out at once, before a writer's next
+    append. One stat more (a round trip) closes that gap; tasks that declare no
+    drop folder skip it (docs/trees.md).
+    """
+    if not (settings.min_age or settings.stable_for or settings.ready_marker):
+        return None
+
+    async def confirm() -> None:
+        (now,) = (await source.find(remote.path, ("*",))).files
+        if (now.size, now.mtime) != (remote.size, remote.mtime):
+            raise TransientError(
+                f"{remote.path}: changed during the transfer (listed {remote.size} bytes, "
+                f"now {now.size}); it is still being written"
+            )
+
+    return confirm
 
 
 async def act_after_fetch(

@@ -36,7 +36,7 @@ from ..plan.names import shown
 from ..sinks import Extracted, Sink
 from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
-from .after_fetch import act_after_fetch
+from .after_fetch import act_after_fetch, still_as_listed
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
 from .tee import OverlappedExtraction, start_extraction
@@ -312,6 +312,7 @@ class _TaskRun:
                     requests_in_flight=requests_in_flight,
                     expected_sha256=self._expected_sha256(item, digests),
                     tee=overlap.tee if overlap else None,
+                    confirm_unchanged=still_as_listed(self.settings, source, item.remote),
                 )
             )
             try:
