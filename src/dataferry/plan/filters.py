@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..sources.base import Listing, RemoteFile, Selection
+from ..sources.base import UNLISTABLE, Listing, RemoteFile, Selection
 from .names import shown, unsafe_name_reason
 
 log = logging.getLogger("dataferry.plan")
@@ -260,6 +260,10 @@ class TreeFilter(Selection):
         return None
 
     def left_out(self, relative: str, reason: str) -> None:
+        if reason == UNLISTABLE:
+            log.warning("skipping %s from the server: %s", shown(repr(relative)), reason)
+            self.files_left_out[reason] += 1
+            return
         if relative.endswith("/"):
             self.folders_left_out[reason] += 1
         else:

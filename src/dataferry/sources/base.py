@@ -52,6 +52,11 @@ class Listing:
     files: tuple[RemoteFile, ...]
 
 
+# Told to Selection.left_out for a listed name no folder entry can have ("", "/",
+# "a/b", NUL): only a hostile server sends one; no request goes out for it.
+UNLISTABLE = "a name no folder entry can have"
+
+
 class Selection:
     """Which entries of a remote folder (tree) to keep; a source asks as entries arrive.
 

@@ -30,6 +30,7 @@ from ..._exceptions import (
     TransientError,
 )
 from ..base import (
+    UNLISTABLE,
     Listing,
     RemoteFile,
     Selection,
@@ -199,139 +200,27 @@ class SSHSource(Source):
     async def find(self, remote_path: str, include: tuple[str, ...] | Selection) -> Listing:
         """The file at remote_path, or, when it is a folder, the files the selection keeps.
 
-        The stat and the folder's first read go out together, so a folder costs
-        one round trip less (~30 ms on a far link); for a file the server
-        refuses the folder read at once, in the same round trip. Entries are
-        filtered as they arrive: only kept files are held (a folder of a million
-        entries matching nothing lists in bounded memory).
+        The stat and the folder read go out together, so a folder costs one
+        round trip less (~30 ms on a far link); for a file the server refuses
+        the folder read at once, in the same round trip. Entries are filtered
+        as they arrive: only kept files are held (a folder of a million entries
+        matching nothing lists in bounded memory).
         """
-        selection = as_selection(include)
-        entries = self.sftp.scandir(remote_path)
-        first = asyncio.ensure_future(self._next_entry(entries, remote_path))
+        walk = _Walk(self, remote_path, as_selection(include))
+        first = walk.start("")
         try:
             attrs = await self.stat(remote_path)
         except BaseException:
-            await _settle(first)
-            await _close_stream(entries)
+            first.abandon()
             raise
         if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
-            files = await self._matching_files(remote_path, selection, entries, first)
-            return Listing(remote_path, True, tuple(files))
-        await _settle(first)
-        await _close_stream(entries)
+            return Listing(remote_path, True, tuple(await walk.run(first)))
+        first.abandon()
         if attrs.permissions is not None and not stat.S_ISREG(attrs.permissions):
             # A FIFO or device: opening it would block sshd's sftp-server for good.
             raise RemotePathError(f"remote path is not a regular file or folder: {remote_path}")
         file = RemoteFile(remote_path, attrs.size or 0, int(attrs.mtime or 0))
         return Listing(remote_path, False, (file,))
-
-    async def _next_entry(
-        self, entries: AsyncIterator[asyncssh.SFTPName], remote_dir: str
-    ) -> asyncssh.SFTPName | None:
-        """The next entry of a folder being read, None at its end (one request at most)."""
-        with translate_sftp_errors(remote_dir):
-            async with asyncio.timeout(self.request_timeout):
-                try:
-                    return await anext(entries)
-                except StopAsyncIteration:
-                    return None
-
-    async def _matching_files(
-        self,
-        root: str,
-        selection: Selection,
-        entries: AsyncIterator[asyncssh.SFTPName],
-        first: asyncio.Future[asyncssh.SFTPName | None],
-    ) -> list[RemoteFile]:
-        """Regular files under root the selection keeps, sorted; subfolders it lets in
-        are read FOLDERS_IN_FLIGHT at a time (round trips add up on a far link).
-
-        SFTP's READDIR returns names as they are (spaces and all), unlike
-        parsing ``ls`` output as the seed did.
-        """
-        files: list[RemoteFile] = []
-        waiting: deque[str] = deque()
-        links = _LinkCheck(self, root)
-        reading: set[asyncio.Future[None]] = {
-            asyncio.ensure_future(
-                self._read_folder(root, "", selection, links, files, waiting, (entries, first))
-            )
-        }
-        try:
-            while reading:
-                done, reading = await asyncio.wait(reading, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-                while waiting and len(reading) < FOLDERS_IN_FLIGHT:
-                    relative = waiting.popleft()
-                    reading.add(
-                        asyncio.ensure_future(
-                            self._read_folder(root, relative, selection, links, files, waiting)
-                        )
-                    )
-        finally:
-            for task in reading:
-                task.cancel()
-            await asyncio.gather(*reading, return_exceptions=True)
-        return sorted(files, key=lambda remote: remote.path)
-
-    async def _read_folder(
-        self,
-        root: str,
-        relative: str,
-        selection: Selection,
-        links: _LinkCheck,
-        files: list[RemoteFile],
-        subfolders: deque[str],
-        started: tuple[AsyncIterator[asyncssh.SFTPName], asyncio.Future[asyncssh.SFTPName | None]]
-        | None = None,
-    ) -> None:
-        """Read one folder as a stream: keep the files the selection keeps, queue the
-        subfolders it lets in, and tell it of everything else."""
-        remote_dir = str(PurePosixPath(root) / relative) if relative else root
-        first: asyncio.Future[asyncssh.SFTPName | None]
-        if started is None:
-            entries = self.sftp.scandir(remote_dir)
-            first = asyncio.ensure_future(self._next_entry(entries, remote_dir))
-        else:
-            entries, first = started
-        loop = asyncio.get_running_loop()
-        try:
-            # One deadline for the whole read, pushed back as entries arrive: a timer
-            # per entry costs more than the entry itself in a folder of a million.
-            with translate_sftp_errors(remote_dir):
-                async with asyncio.timeout(self.request_timeout) as deadline:
-                    entry = await first
-                    renewed = loop.time()
-                    while entry is not None:
-                        name = str(entry.filename)
-                        if name not in (".", ".."):
-                            path = f"{relative}/{name}" if relative else name
-                            mode = entry.attrs.permissions
-                            if mode is not None and stat.S_ISLNK(mode):
-                                # READDIR reports the link itself: see what it points at.
-                                links.pending.append((path, remote_dir, name))
-                                await links.resolve(selection, files, subfolders)
-                            else:
-                                _sort(
-                                    path,
-                                    remote_dir,
-                                    name,
-                                    entry.attrs,
-                                    selection,
-                                    files,
-                                    subfolders,
-                                )
-                        now = loop.time()
-                        if now - renewed >= DEADLINE_STEP:
-                            deadline.reschedule(now + self.request_timeout)
-                            renewed = now
-                        entry = await anext(entries, None)
-        finally:
-            if not first.done():
-                first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            await _close_stream(entries)
 
     async def remove(self, path: str) -> None:
         with translate_sftp_errors(path), _refused(f"cannot delete {path}"):
@@ -386,8 +275,101 @@ class SSHSource(Source):
 
 # Subfolders read at once while walking a tree.
 FOLDERS_IN_FLIGHT = 8
-# Seconds between pushes of a folder read's deadline (request_timeout after the last).
-DEADLINE_STEP = 1.0
+# Seconds between checks that every folder read still makes progress.
+WATCH_STEP = 0.5
+
+
+class _FolderRead:
+    """One folder being read in its own task; progress is when its last entry came."""
+
+    def __init__(self, walk: _Walk, relative: str) -> None:
+        self.relative = relative
+        self.remote_dir = _join(walk.root, relative) if relative else walk.root
+        self.progress = asyncio.get_running_loop().time()
+        self.task = asyncio.ensure_future(walk.read(self))
+
+    def abandon(self) -> None:
+        """Stop waiting for it. A stuck server would never answer the close a cancelled
+        read sends; the try ends, and closing the connection ends the read."""
+        if self.task.done():
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved: its outcome no longer matters
+        else:
+            self.task.cancel()
+
+
+class _Walk:
+    """A folder (tree) read as a stream, FOLDERS_IN_FLIGHT folders at a time; a read
+    that gets no entry for request_timeout fails the try, without waiting for it."""
+
+    def __init__(self, source: SSHSource, root: str, selection: Selection) -> None:
+        self.source = source
+        self.root = root
+        self.selection = selection
+        self.links = _LinkCheck(source, root)
+        self.files: list[RemoteFile] = []
+        self.subfolders: deque[str] = deque()
+
+    def start(self, relative: str) -> _FolderRead:
+        return _FolderRead(self, relative)
+
+    async def run(self, first: _FolderRead) -> list[RemoteFile]:
+        """The kept files under root, sorted; first is the root's read, already started."""
+        loop = asyncio.get_running_loop()
+        timeout = self.source.request_timeout
+        reading = {first}
+        try:
+            while reading:
+                await asyncio.wait(
+                    {read.task for read in reading},
+                    timeout=min(WATCH_STEP, timeout),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                now = loop.time()
+                for read in list(reading):
+                    if read.task.done():
+                        reading.discard(read)
+                        read.task.result()
+                    elif now - read.progress > timeout:
+                        raise TransientError(
+                            f"the server did not answer a request for {read.remote_dir} in "
+                            "time (request_timeout); it may be stuck"
+                        )
+                while self.subfolders and len(reading) < FOLDERS_IN_FLIGHT:
+                    reading.add(self.start(self.subfolders.popleft()))
+        finally:
+            for read in reading:
+                read.abandon()
+        return sorted(self.files, key=lambda remote: remote.path)
+
+    async def read(self, read: _FolderRead) -> None:
+        """Sort each entry of one folder as it arrives (in read's own task)."""
+        loop = asyncio.get_running_loop()
+        selection, remote_dir, relative = self.selection, read.remote_dir, read.relative
+        with translate_sftp_errors(remote_dir):
+            entries = self.source.sftp.scandir(remote_dir)
+            try:
+                async for entry in entries:
+                    read.progress = loop.time()
+                    name = str(entry.filename)
+                    if name in (".", ".."):
+                        continue
+                    path = f"{relative}/{name}" if relative else name
+                    if not name or "/" in name or "\x00" in name:
+                        # It names no entry of this folder: no request goes out for it.
+                        selection.left_out(path, UNLISTABLE)
+                        continue
+                    mode = entry.attrs.permissions
+                    if mode is not None and stat.S_ISLNK(mode):
+                        # READDIR reports the link itself: see what it points at.
+                        await self.links.resolve(path, remote_dir, name, self)
+                        read.progress = loop.time()
+                    else:
+                        _sort(path, remote_dir, name, entry.attrs, selection, self)
+            finally:
+                closing = getattr(entries, "aclose", None)  # an async generator's
+                if closing is not None:
+                    await closing()
 
 
 def _join(remote_dir: str, name: str) -> str:
@@ -400,15 +382,14 @@ def _sort(
     name: str,
     attrs: asyncssh.SFTPAttrs,
     selection: Selection,
-    files: list[RemoteFile],
-    subfolders: deque[str],
+    walk: _Walk,
 ) -> None:
     """Keep a regular file, queue a folder, or tell the selection why neither."""
     mode = attrs.permissions
     if mode is not None and stat.S_ISDIR(mode):
         reason = selection.folder_skip_reason(relative)
         if reason is None:
-            subfolders.append(relative)
+            walk.subfolders.append(relative)
         else:
             selection.left_out(relative + "/", reason)
         return
@@ -418,7 +399,7 @@ def _sort(
     size, mtime = attrs.size or 0, int(attrs.mtime or 0)
     reason = selection.file_skip_reason(relative, size, mtime)
     if reason is None:
-        files.append(RemoteFile(_join(remote_dir, name), size, mtime))
+        walk.files.append(RemoteFile(_join(remote_dir, name), size, mtime))
     else:
         selection.left_out(relative, reason)
 
@@ -432,26 +413,22 @@ class _LinkCheck:
         self.source = source
         self.root = root
         self.root_real: str | None = None
-        self.pending: list[tuple[str, str, str]] = []  # (relative, remote folder, name)
 
-    async def resolve(
-        self, selection: Selection, files: list[RemoteFile], subfolders: deque[str]
-    ) -> None:
-        pending, self.pending = self.pending, []
-        for relative, folder, name in pending:
-            remote_path = _join(folder, name)
-            reason = await self._refusal(remote_path)
-            if reason is not None:
-                selection.left_out(relative, reason)
-                continue
-            with contextlib.suppress(RemotePathError):
-                attrs = await self.source.stat(remote_path)
-                if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
-                    selection.left_out(relative, "a link to a folder (not followed)")
-                    continue
-                _sort(relative, folder, name, attrs, selection, files, subfolders)
-                continue
-            selection.left_out(relative, "a broken link")
+    async def resolve(self, relative: str, folder: str, name: str, walk: _Walk) -> None:
+        selection = walk.selection
+        remote_path = _join(folder, name)
+        reason = await self._refusal(remote_path)
+        if reason is not None:
+            selection.left_out(relative, reason)
+            return
+        with contextlib.suppress(RemotePathError):
+            attrs = await self.source.stat(remote_path)
+            if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
+                selection.left_out(relative, "a link to a folder (not followed)")
+                return
+            _sort(relative, folder, name, attrs, selection, walk)
+            return
+        selection.left_out(relative, "a broken link")
 
     async def _refusal(self, remote_path: str) -> str | None:
         sftp, timeout = self.source.sftp, self.source.request_timeout
@@ -467,14 +444,6 @@ class _LinkCheck:
         if target == root or not target.startswith(root + "/"):
             return "a link leading outside the listed folder"
         return None
-
-
-async def _close_stream(entries: AsyncIterator[Any]) -> None:
-    """Close a folder read (its handle on the server); its outcome does not matter."""
-    closing = getattr(entries, "aclose", None)
-    if closing is not None:
-        with contextlib.suppress(Exception):
-            await closing()
 
 
 async def _settle(future: asyncio.Future[Any]) -> None:
