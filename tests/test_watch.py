@@ -118,6 +118,9 @@ def test_watch_survives_the_server_going_away(remote: Remote, tmp_path: Path) ->
     try:
         wait_until(lambda: (out / "a.csv").exists() or process.poll() is not None, "a.csv")
         assert process.poll() is None, process.communicate()
+        polls = metric(port, "dataferry_watch_polls_total")
+        wait_until(lambda: metric(port, "dataferry_watch_polls_total") >= polls + 3, "polls")
+        assert proxy.connections == 1  # one connection kept across polls
         proxy.__exit__(None, None, None)  # the server goes away
         proxy = None
         errors = metric(port, "dataferry_watch_poll_errors_total")
