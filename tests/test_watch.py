@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.faults import FaultProxy
-from tests.support.remote import REPO, Remote, through
+from dataferry.sinks.local import part_path
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import REPO, Remote, random_bytes, run_args, run_cli, through
 from tests.support.sshd import free_port
 from tests.test_trees import plant
 
@@ -43,12 +44,12 @@ def wait_until(condition: object, what: str) -> None:
         time.sleep(0.05)
 
 
-def start_watch(remote: Remote, tmp_path: Path, port: int) -> subprocess.Popen[str]:
+def start_watch(remote: Remote, tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     drop = remote.root / "drop"
     args = [
         sys.executable, "-m", "dataferry", "watch", "t", "--every", "0.3",
         "--file_save_path", str(tmp_path / "out"), "--remote_file_path", remote.path(drop),
-        "--metrics_port", str(port), "--max_tries", "1",
+        "--metrics_port", str(port), "--max_tries", "1", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         args,
@@ -140,3 +141,40 @@ def test_watch_survives_the_server_going_away(remote: Remote, tmp_path: Path) ->
             process.communicate()
         if proxy is not None:
             proxy.__exit__(None, None, None)
+
+
+def test_sigterm_during_a_poll_leaves_the_file_in_flight_resumable(
+    remote: Remote, tmp_path: Path, manifest_path: Path
+) -> None:
+    port = free_port()
+    drop = remote.root / "drop"
+    data = random_bytes(6 << 20, 7)
+    plant(drop, {"big.bin": data})
+    out = tmp_path / "out"
+    with FaultProxy(remote.connection.port, FaultPlan(rate=1 << 20)) as proxy:
+        proxied = replace(remote, connection=through(remote.connection, proxy.port, tmp_path))
+        process = start_watch(proxied, tmp_path, port, "--include", "*.bin")
+        try:
+            partial = part_path(out / "big.bin")
+            wait_until(
+                lambda: (
+                    (partial.exists() and partial.stat().st_size > 0) or process.poll() is not None
+                ),
+                "a partial download",
+            )
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=DEADLINE)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, stderr
+    assert partial.exists() and not (out / "big.bin").exists()
+    assert "big.bin" not in (manifest_path.read_text() if manifest_path.exists() else "")
+    # A run picks it up where it stopped.
+    result = run_cli(
+        [*run_args(out, remote.path(drop)), "--include", "*.bin"], remote.env(), tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "big.bin").read_bytes() == data
+    assert "resuming" in result.stderr
