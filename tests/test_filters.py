@@ -114,7 +114,15 @@ def test_ready_markers_release_their_files_wherever_they_are_listed() -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [(0, 0), ("250000", 250000), ("10M", 10 * 2**20), ("1.5k", 1536), ("2GiB", 2 * 2**30)],
+    [
+        (0, 0),
+        ("250000", 250000),
+        ("10M", 10_000_000),
+        ("1.5k", 1500),
+        ("2GiB", 2 * 2**30),
+        ("10MB", 10_000_000),
+        ("4kib", 4096),
+    ],
 )
 def test_sizes_parse(text: object, size: int) -> None:
     assert parse_size(text) == size

@@ -85,7 +85,7 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "as in a container)",
     ),
     # Trees and drop folders (docs/trees.md).
-    ("--min_size", "min_size", "SIZE", "skip files smaller than SIZE (10M, 500K; 1024-based)"),
+    ("--min_size", "min_size", "SIZE", "skip files smaller than SIZE (10M, 500K, 10MiB)"),
     ("--max_size", "max_size", "SIZE", "skip files larger than SIZE"),
     (
         "--newer_than",

@@ -47,14 +47,16 @@ COUNTED_ONLY = frozenset({NO_INCLUDE, NOT_REGULAR})
 # Skipped for now: a later run fetches them once they are ready.
 NOT_READY = frozenset({TOO_YOUNG, NO_MARKER, UNSTABLE})
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+# The project's one size convention (decimal, as `demo --size 50M` and every
+# message; binary when spelled out: 64GiB). main's observe/units.py parses the same.
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?))?B?\s*$", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 
 
 def parse_size(value: object) -> int:
-    """Bytes from 1048576, "500K", "10M", "1.5G" (binary units: K is 1024, as in rclone)."""
+    """Bytes from 250000, "500K", "10M", "1.5G" (decimal: M is 10**6), "10MiB" (2**20)."""
     if isinstance(value, bool):
         raise ValueError("expected a size like 10M or 250000")
     if isinstance(value, int):
@@ -63,8 +65,10 @@ def parse_size(value: object) -> int:
         return value
     found = _SIZE.match(value) if isinstance(value, str) else None
     if found is None:
-        raise ValueError("expected a size like 10M or 250000 (units K, M, G, T: 1024-based)")
-    return int(float(found.group(1)) * _UNITS[found.group(2).upper()])
+        raise ValueError("expected a size like 10M, 10MiB or 250000")
+    unit = (found.group(2) or "").upper()
+    factor = 2 ** (10 * "_KMGT".index(unit)) if found.group(3) else _UNITS[unit]
+    return int(float(found.group(1)) * factor)
 
 
 def parse_duration(value: object) -> float:
