@@ -59,6 +59,30 @@ def _parse_log_level(value: object) -> object:
     raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
 
 
+def _parse_size(value: object) -> object:
+    from .plan.filters import parse_size
+
+    return parse_size(value)
+
+
+def _parse_duration(value: object) -> object:
+    from .plan.filters import parse_duration
+
+    return parse_duration(value)
+
+
+def _parse_marker(value: object) -> object:
+    from .plan.filters import parse_marker
+
+    return parse_marker(value)
+
+
+def _parse_after_fetch(value: object) -> object:
+    from .plan.filters import parse_after_fetch
+
+    return parse_after_fetch(value)
+
+
 Bool = Annotated[bool, BeforeValidator(parse_bool)]
 LogLevel = Annotated[str, BeforeValidator(_parse_log_level)]
 
@@ -95,6 +119,18 @@ class TaskSettings(BaseModel):
     frozen: Bool = False
     # Extract archives (false: keep them as downloaded; `dataferry get --no-extract`).
     extract: Bool = True
+    # Whole trees and drop folders (docs/trees.md; parsed by plan/filters.py).
+    recursive: Bool = False
+    exclude: tuple[str, ...] = ()
+    min_size: Annotated[int, BeforeValidator(_parse_size)] | None = None
+    max_size: Annotated[int, BeforeValidator(_parse_size)] | None = None
+    newer_than: str | None = None  # a date, or a duration before the run
+    max_age: Annotated[float, BeforeValidator(_parse_duration)] | None = None
+    min_age: Annotated[float, BeforeValidator(_parse_duration)] | None = None
+    stable_for: Annotated[float, BeforeValidator(_parse_duration)] | None = None
+    ready_marker: Annotated[str, BeforeValidator(_parse_marker)] | None = None
+    # keep | delete | move:/remote/folder, once a file is safe here (engine/after_fetch.py).
+    after_fetch: Annotated[str, BeforeValidator(_parse_after_fetch)] = "keep"
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
 
@@ -152,6 +188,26 @@ class TaskSettings(BaseModel):
             from .observe.units import parse_size
 
             return parse_size(value)
+        return value
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude_is_list_of_globs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) and item for item in value
+        ):
+            raise ValueError("expected a list of glob patterns")
+        return tuple(value)
+
+    @field_validator("newer_than")
+    @classmethod
+    def _newer_than_is_a_moment(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .plan.filters import parse_time_bound
+
+            parse_time_bound(value)
         return value
 
 

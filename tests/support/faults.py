@@ -54,7 +54,8 @@ class FaultProxy:
         self._thread.join(10)
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        # port: 0 picks a free one; a given port lets a test bring "the server" back.
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:

@@ -6,18 +6,18 @@ conflicts, retries). They pass the same conformance suites as the real ones
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import io
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from dataferry._exceptions import DestinationError, RemotePathError, TransientError
 from dataferry.extract import ArchiveKind, ExtractLimits, detect_archive_kind_of
 from dataferry.sinks import Extracted, Held, PartWriter, Sink
-from dataferry.sources import Listing, RemoteFile, Source, SourceConnector, SourceReader
+from dataferry.sources import Listing, RemoteFile, Selection, Source, SourceConnector, SourceReader
+from dataferry.sources.base import as_selection
 
 
 @dataclass
@@ -75,7 +75,7 @@ class MemorySource(Source):
         # Cap replies like a server with a smaller read limit would.
         return data[offset : offset + min(length, self.server.block_size)]
 
-    async def find(self, path: str, include: tuple[str, ...]) -> Listing:
+    async def find(self, path: str, include: tuple[str, ...] | Selection) -> Listing:
         if path in self.server.files:
             data, mtime = self.server.files[path]
             return Listing(path, False, (RemoteFile(path, len(data), mtime),))
@@ -83,13 +83,31 @@ class MemorySource(Source):
         children = {p: v for p, v in self.server.files.items() if p.startswith(prefix)}
         if not children:
             raise RemotePathError(f"remote path not found: {path}")
-        files = [
-            RemoteFile(p, len(data), mtime)
-            for p, (data, mtime) in sorted(children.items())
-            if "/" not in p[len(prefix) :]
-            and any(fnmatch.fnmatchcase(PurePosixPath(p).name, pattern) for pattern in include)
-        ]
+        selection = as_selection(include)
+        files = []
+        entered: dict[str, bool] = {}  # folder -> the selection lets it in
+        for remote_path, (data, mtime) in sorted(children.items()):
+            relative = remote_path[len(prefix) :]
+            parts = relative.split("/")
+            if not all(
+                self._enter("/".join(parts[: depth + 1]), selection, entered)
+                for depth in range(len(parts) - 1)
+            ):
+                continue
+            if selection.file_skip_reason(relative, len(data), mtime) is None:
+                files.append(RemoteFile(remote_path, len(data), mtime))
+            else:
+                selection.left_out(relative, "skipped")
         return Listing(path, True, tuple(files))
+
+    @staticmethod
+    def _enter(folder: str, selection: Selection, entered: dict[str, bool]) -> bool:
+        if folder not in entered:
+            reason = selection.folder_skip_reason(folder)
+            entered[folder] = reason is None
+            if reason is not None:
+                selection.left_out(folder + "/", reason)
+        return entered[folder]
 
     async def open(self, file: RemoteFile) -> MemoryReader:
         if file.path not in self.server.files:

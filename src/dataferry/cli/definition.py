@@ -84,6 +84,41 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for all, "
         "as in a container)",
     ),
+    # Trees and drop folders (docs/trees.md).
+    ("--min_size", "min_size", "SIZE", "skip files smaller than SIZE (10M, 500K, 10MiB)"),
+    ("--max_size", "max_size", "SIZE", "skip files larger than SIZE"),
+    (
+        "--newer_than",
+        "newer_than",
+        "WHEN",
+        "skip files modified before WHEN: a date (2026-11-30) or a duration ago (7d)",
+    ),
+    ("--max_age", "max_age", "DURATION", "skip files modified longer ago than DURATION (7d)"),
+    (
+        "--min_age",
+        "min_age",
+        "DURATION",
+        "skip files modified within DURATION (they may still be written; 5m)",
+    ),
+    (
+        "--stable_for",
+        "stable_for",
+        "DURATION",
+        "fetch a file only if its size and mtime stay the same across two listings DURATION apart",
+    ),
+    (
+        "--ready_marker",
+        "ready_marker",
+        "TEMPLATE",
+        "fetch X only once the marker file TEMPLATE exists beside it ('{name}.done')",
+    ),
+    (
+        "--after_fetch",
+        "after_fetch",
+        "keep|delete|move:/DIR",
+        "once a file is safe here, leave it on the server (default), delete it, or move it "
+        "into /DIR there",
+    ),
 )
 
 EPILOG = (
@@ -136,6 +171,23 @@ def _add_overrides(
         default=None,
         help="for a remote folder: fetch files matching GLOB (repeatable; default *.csv and *.zip)",
     )
+    group.add_argument(
+        "--exclude",
+        dest="exclude",
+        metavar="GLOB",
+        action="append",
+        default=None,
+        help="leave out files matching GLOB; a GLOB ending in /** leaves out a folder unlisted "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--recursive",
+        dest=_dest("recursive"),
+        action="store_const",
+        const="true",
+        default=None,
+        help="walk the remote folder's subfolders too, keeping the tree's shape",
+    )
 
 
 def _dest(key: str) -> str:
@@ -145,13 +197,34 @@ def _dest(key: str) -> str:
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """The override flags the user gave, keyed by their config.json spelling."""
     values: dict[str, object] = {}
-    for key in [key for _, key, _, _ in OVERRIDES] + ["force", "frozen"]:
+    for key in [key for _, key, _, _ in OVERRIDES] + ["force", "frozen", "recursive"]:
         value = getattr(args, _dest(key), None)
         if value is not None:
             values[key] = value
     if getattr(args, "include", None):
         values["include"] = list(args.include)
+    if getattr(args, "exclude", None):
+        values["exclude"] = list(args.exclude)
     return values
+
+
+def _add_modes(parser: argparse.ArgumentParser) -> None:
+    """How a run reports and whether it acts (not task settings)."""
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="list and print the plan (each file to fetch, to skip and why, total bytes); "
+        "write nothing",
+    )
+    parser.add_argument(
+        "--json",
+        dest="json",
+        action="store_true",
+        help="one JSON object per line on stdout for each event (fetched, skipped, failed, "
+        "summary); logs stay on stderr",
+    )
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -189,6 +262,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_overrides(run)
     _add_list_flag(run)
+    _add_modes(run)
+
+    watch = commands.add_parser(
+        "watch",
+        help="poll a task's remote folder and fetch what is new or changed, until stopped",
+        formatter_class=_Formatter,
+        epilog=EPILOG,
+        description="Run a task every --every seconds on one kept connection (made again, "
+        "with backoff, when it drops). Serves /healthz and /metrics the whole time with "
+        "--metrics_port. SIGTERM or Ctrl-C stops it (a file in flight stays resumable), "
+        "exit 0. See docs/trees.md.",
+    )
+    watch.add_argument("task", help="task name, a section of config.json")
+    watch.add_argument(
+        "--every",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between the end of one poll and the start of the next (default 60)",
+    )
+    watch.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"config file (default ./{DEFAULT_CONFIG_FILE})",
+    )
+    _add_overrides(watch)
+    watch.add_argument(
+        "--json",
+        dest="json",
+        action="store_true",
+        help="one JSON object per line on stdout for each event; logs stay on stderr",
+    )
 
     verify = commands.add_parser(
         "verify",
@@ -300,6 +407,7 @@ def build_seed_parser(task: str) -> argparse.ArgumentParser:
     )
     _add_overrides(parser)
     _add_list_flag(parser)
+    _add_modes(parser)
     return parser
 
 
@@ -319,6 +427,16 @@ def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
             found = action.choices.get(name)
             return found if isinstance(found, argparse.ArgumentParser) else None
     return None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
 
 
 def _size(text: str) -> int:
@@ -361,3 +479,4 @@ def _add_get(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _add_overrides(get, skip=("file_save_path", "remote_file_path"), title="task settings")
     _add_list_flag(get)
+    _add_modes(get)

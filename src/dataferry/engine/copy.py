@@ -14,6 +14,7 @@ import logging
 import math
 import queue
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..observe import TaskObserver
@@ -107,6 +108,7 @@ async def copy_file(
     requests_in_flight: int,
     expected_sha256: str | None = None,
     tee: StreamTee | None = None,
+    confirm_unchanged: Callable[[], Awaitable[None]] | None = None,
 ) -> Copied:
     """Fetch reader's file into writer (resuming at writer.offset) and commit it.
 
@@ -155,6 +157,8 @@ async def copy_file(
             await writer.close()
             writer.discard()  # start over on the next try: these bytes cannot be trusted
             raise DigestMismatch(remote.path, expected_sha256, received)
+        if confirm_unchanged is not None:
+            await confirm_unchanged()  # raises TransientError: the partial file stays
         local = await writer.commit(remote.mtime)
     except BaseException:
         digest.stop()

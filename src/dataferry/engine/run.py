@@ -31,10 +31,12 @@ from ..extract import ArchiveKind, ExtractLimits, may_be_archive
 from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
+from ..plan.listing import list_task
 from ..plan.names import shown
 from ..sinks import Extracted, Sink
 from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
+from .after_fetch import act_after_fetch, still_as_listed
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
 from .space import check_free_space
@@ -120,7 +122,7 @@ class _TaskRun:
         async with self.connector.session() as source:
             source.request_timeout = self.settings.request_timeout
             self.observer.state_changed(self.name, TaskState.LISTING)
-            listing = await source.find(self.settings.remote_file_path, self.settings.include)
+            listing = await list_task(source, self.settings, self._left_out())
             plan = plan_files(self.settings, listing)
             if self.decisions is None:
                 self._first_plan(plan)
@@ -145,6 +147,14 @@ class _TaskRun:
             for item in plan.files
             if item.remote.path in self.done
         ]
+
+    def _left_out(self) -> Callable[[str, str], None] | None:
+        """Files the filters leave out go to the observer, on the first try only."""
+        if self.decisions is not None:
+            return None
+        return lambda remote_path, reason: self.observer.file_skipped(
+            self.name, remote_path, reason
+        )
 
     @property
     def destination(self) -> str:
@@ -222,6 +232,18 @@ class _TaskRun:
             max_ratio=self.settings.max_compression_ratio,
         )
         self.observer.plan_ready(self.name, len(todo), sum(p.remote.size for p in todo))
+
+    def safe_here(self) -> list[PlannedFile]:
+        """The files fetched and recorded, or up to date: after_fetch may act on them."""
+        if self.plan is None or self.decisions is None:
+            return []
+        up_to_date = self.decisions.up_to_date
+        return [
+            item
+            for item in self.plan.files
+            if item.remote.path in up_to_date
+            or (item.remote.path in self.done and self.done[item.remote.path].recorded)
+        ]
 
     def _downloaded(self, item: PlannedFile, entry: Entry | None) -> bool:
         """An archive an interrupted run downloaded in full but did not finish extracting."""
@@ -311,6 +333,7 @@ class _TaskRun:
                     requests_in_flight=requests_in_flight,
                     expected_sha256=self._expected_sha256(item, digests),
                     tee=overlap.tee if overlap else None,
+                    confirm_unchanged=still_as_listed(self.settings, source, item.remote),
                 )
             )
             try:
@@ -541,6 +564,8 @@ async def run_task(
                     f"{'try' if settings.max_tries == 1 else 'tries'}: {exc}"
                 ) from None
             run.extract()
+            if settings.after_fetch != "keep" and not settings.frozen:
+                await act_after_fetch(settings, connection, run.safe_here())
     except Exception as exc:
         observer.state_changed(settings.name, TaskState.FAILED)
         observer.error(settings.name, str(exc))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._exceptions import ConfigError, DestinationError, RemotePathError
 from .._settings import TaskSettings
 from ..sources import Listing, RemoteFile, Source
+from .filters import FilterRules, parse_time_bound, relative_path
 from .names import shown, unsafe_name_reason
 
 log = logging.getLogger("dataferry.plan")
@@ -88,11 +90,12 @@ def plan_files(settings: TaskSettings, listing: Listing) -> Plan:
                 listing.path,
                 ", ".join(settings.include),
             )
-        files = tuple(
-            PlannedFile(remote, remote.name)
+        # A tree keeps its shape: the path below remote_file_path, each part checked.
+        planned = (
+            PlannedFile(remote, relative_path(listing.path, remote.path))
             for remote in listing.files
-            if _acceptable(settings.name, remote)
         )
+        files = tuple(item for item in planned if _acceptable_path(settings.name, item.relative))
     _refuse_shared_names(settings.name, files)
     return Plan(listing, files, layout.folder)
 
@@ -103,6 +106,33 @@ def _acceptable(task: str, remote: RemoteFile) -> bool:
         return True
     log.warning("%s: skipping %s from the server: %s", task, shown(repr(remote.name)), reason)
     return False
+
+
+def _acceptable_path(task: str, relative: str) -> bool:
+    for part in relative.split("/"):
+        reason = unsafe_name_reason(part)
+        if reason is not None:
+            log.warning("%s: skipping %s from the server: %s", task, shown(repr(relative)), reason)
+            return False
+    return True
+
+
+def rules_of(settings: TaskSettings, now: float | None = None) -> FilterRules:
+    """The task's filter rules, ages turned into moments as of now (each listing's own)."""
+    now = time.time() if now is None else now
+    newer = None if settings.newer_than is None else parse_time_bound(settings.newer_than, now)
+    if settings.max_age is not None:
+        newer = max(newer or 0.0, now - settings.max_age)
+    return FilterRules(
+        include=settings.include,
+        exclude=settings.exclude,
+        recursive=settings.recursive,
+        min_size=settings.min_size,
+        max_size=settings.max_size,
+        newer_than=newer,
+        not_after=None if settings.min_age is None else now - settings.min_age,
+        ready_marker=settings.ready_marker,
+    )
 
 
 def _refuse_shared_names(task: str, files: tuple[PlannedFile, ...]) -> None:

@@ -3,6 +3,6 @@
 Protocols are imported lazily by scheme, so loading the interface costs nothing.
 """
 
-from .base import Listing, RemoteFile, Source, SourceConnector, SourceReader
+from .base import Listing, RemoteFile, Selection, Source, SourceConnector, SourceReader
 
-__all__ = ["Listing", "RemoteFile", "Source", "SourceConnector", "SourceReader"]
+__all__ = ["Listing", "RemoteFile", "Selection", "Source", "SourceConnector", "SourceReader"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fnmatch
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -46,11 +47,51 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class Listing:
-    """What a remote path is: one file, or a folder and its matching files."""
+    """What a remote path is: one file, or a folder and its matching files.
+
+    For a folder, files holds only what the selection kept, sorted by path;
+    everything else was dropped as it arrived (a listing may be huge).
+    """
 
     path: str
     is_folder: bool
     files: tuple[RemoteFile, ...]
+
+
+# Told to Selection.left_out for a listed name no folder entry can have ("", "/",
+# "a/b", NUL): only a hostile server sends one; no request goes out for it.
+UNLISTABLE = "a name no folder entry can have"
+
+
+class Selection:
+    """Which entries of a remote folder (tree) to keep; a source asks as entries arrive.
+
+    Paths given to these methods are relative to the listed folder (POSIX,
+    ``sub/name.csv``). This base keeps the regular files directly in the folder
+    whose names match one of include (fnmatch), and enters no subfolder;
+    plan/filters.py has the full rules (trees, excludes, sizes, ages).
+    """
+
+    def __init__(self, include: tuple[str, ...] = ("*",)) -> None:
+        self.include = include
+
+    def folder_skip_reason(self, relative: str) -> str | None:
+        """Why not to list the subfolder at relative, or None to list it."""
+        return "recursive is off"
+
+    def file_skip_reason(self, relative: str, size: int, mtime: int) -> str | None:
+        """Why not to keep the regular file at relative, or None to keep it."""
+        name = PurePosixPath(relative).name
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
+            return None
+        return "matches no include pattern"
+
+    def left_out(self, relative: str, reason: str) -> None:
+        """Told of each entry not kept (skipped by a rule, a link, a special file)."""
+
+
+def as_selection(include: tuple[str, ...] | Selection) -> Selection:
+    return include if isinstance(include, Selection) else Selection(include)
 
 
 class SourceReader(abc.ABC):
@@ -163,10 +204,15 @@ class Source(abc.ABC):
         return 0
 
     @abc.abstractmethod
-    async def find(self, path: str, include: tuple[str, ...]) -> Listing:
-        """The file at path, or, when it is a folder, its regular files matching include."""
+    async def find(self, path: str, include: tuple[str, ...] | Selection) -> Listing:
+        """The file at path, or, when it is a folder, its regular files the selection keeps.
 
-    async def walk(self, folder: str, include: tuple[str, ...]) -> AsyncIterator[RemoteFile]:
+        A tuple of patterns is a :class:`Selection` of that folder's files by name.
+        """
+
+    async def walk(
+        self, folder: str, include: tuple[str, ...] | Selection
+    ) -> AsyncIterator[RemoteFile]:
         """The files of folder that match include, as a stream."""
         listing = await self.find(folder, include)
         for file in listing.files:
@@ -181,6 +227,19 @@ class Source(abc.ABC):
         from .._exceptions import ConfigError
 
         raise ConfigError(f"verify is sha256 but {self.describe()} cannot compute digests")
+
+    async def remove(self, path: str) -> None:
+        """Delete a remote file (after_fetch: delete); RemotePathError when refused."""
+        from .._exceptions import RemotePathError
+
+        raise RemotePathError(f"{self.describe()} cannot delete {path}")
+
+    async def move(self, path: str, new_path: str) -> None:
+        """Rename a remote file, never over an existing one (after_fetch: move),
+        creating new_path's folders; RemotePathError when refused."""
+        from .._exceptions import RemotePathError
+
+        raise RemotePathError(f"{self.describe()} cannot move {path}")
 
     async def drain(self) -> None:  # noqa: B027  (optional hook)
         """Wait for requests still settling in the background (closes)."""

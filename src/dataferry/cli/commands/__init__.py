@@ -16,6 +16,7 @@ _HANDLERS = {
     "demo": ("demo", "demo_command"),
     "serve": ("serve", "serve_command"),
     "get": ("get", "get_command"),
+    "watch": ("watch", "watch_command"),
 }
 COMMANDS = tuple(_HANDLERS)
 

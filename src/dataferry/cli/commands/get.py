@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from ..._connection import ConnectionSettings, read_environment, resolve_connection
 from ..._exceptions import ConfigError
 from ..definition import overrides_from
+from .dry_run import RunMode
 from .run import _run_tasks
 
 if TYPE_CHECKING:
@@ -141,6 +142,4 @@ def get_command(args: argparse.Namespace) -> int:
 
         return [resolve_task(f"get {args.source}", None, values)]
 
-    return _run_tasks(
-        prepare, lambda: connection_for(source), list_paths=getattr(args, "list", False)
-    )
+    return _run_tasks(prepare, lambda: connection_for(source), mode=RunMode.of(args))

@@ -27,6 +27,7 @@ from ...plan.names import shown
 from ...sources.ssh.tcp import EarlyConnection
 from .. import Terminated, configure_logging
 from ..definition import overrides_from
+from .dry_run import RunMode, dry_run
 
 if TYPE_CHECKING:
     from ..._settings import ConfigFile, TaskSettings
@@ -41,7 +42,7 @@ def run_seed_task(args: argparse.Namespace) -> int:
         config = load_config(args.config_file, explicit=args.config_file is not None, default=None)
         return _resolve_tasks([args.task], config, overrides_from(args))
 
-    return _run_tasks(prepare, list_paths=getattr(args, "list", False))
+    return _run_tasks(prepare, mode=RunMode.of(args))
 
 
 def load_config(path: Path | None, *, explicit: bool, default: Path | None) -> ConfigFile | None:
@@ -76,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{config.path}: --all: the file has no task sections")
         return _resolve_tasks(list(config.tasks), config, overrides_from(args))
 
-    return _run_tasks(prepare, list_paths=getattr(args, "list", False))
+    return _run_tasks(prepare, mode=RunMode.of(args))
 
 
 def _resolve_tasks(
@@ -92,7 +93,7 @@ def _run_tasks(
     prepare: Callable[[], list[TaskSettings]],
     resolve: Callable[[], ConnectionSettings] = resolve_connection,
     *,
-    list_paths: bool = False,
+    mode: RunMode | None = None,
 ) -> int:
     """Validate the tasks and run them, the connection already under way.
 
@@ -117,9 +118,7 @@ def _run_tasks(
 
     connector = SSHConnector(connection, early) if connection else None
     return asyncio.run(
-        _until_terminated(
-            _run_tasks_async(prepare, connector, connection_error, list_paths=list_paths)
-        )
+        _until_terminated(_run_tasks_async(prepare, connector, connection_error, mode))
     )
 
 
@@ -151,10 +150,10 @@ async def _run_tasks_async(
     prepare: Callable[[], list[TaskSettings]],
     connector: SSHConnector | None,
     connection_error: ConfigError | None,
-    *,
-    list_paths: bool = False,
+    mode: RunMode | None = None,
 ) -> int:
     held = _HeldRecords.install()
+    mode = mode or RunMode()
     if connector is not None:
         connector.start()
     try:
@@ -175,7 +174,10 @@ async def _run_tasks_async(
         for settings in tasks:
             try:
                 with task_observer(settings) as observer:
-                    report = await run_task(settings, connector, observer)
+                    if mode.dry_run:
+                        await dry_run(settings, connector, mode.observer(observer), mode)
+                        continue
+                    report = await run_task(settings, connector, mode.observer(observer))
             except DataferryError as exc:
                 _name_task(exc, settings.name)
                 if len(tasks) == 1:
@@ -183,7 +185,8 @@ async def _run_tasks_async(
                 print(f"dataferry: error: {exc}", file=sys.stderr)
                 failures.append(exc)
                 continue
-            _print_report(report, list_paths=list_paths)
+            if mode.json is None:  # stdout is the JSON lines'
+                _print_report(report, list_paths=mode.list_paths)
         return failures[0].exit_code if failures else 0
     finally:
         if connector is not None:
