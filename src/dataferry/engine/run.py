@@ -32,8 +32,7 @@ from ..manifest import Entry, ManifestStore, SourceRecord, destination_label
 from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
 from ..plan.names import shown
-from ..sinks import Extracted, Sink
-from ..sinks.local import LocalSink
+from ..sinks import Extracted, Sink, sink_factory_for, sink_url
 from ..sources import Source, SourceConnector
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
@@ -145,6 +144,8 @@ class _TaskRun:
     def destination(self) -> str:
         """The destination folder as the manifest records it (see destination_label)."""
         assert self.plan is not None
+        if self.settings.destination_url is not None:
+            return sink_url(self.settings.destination_url, self.plan.folder)
         return destination_label(self.plan.folder, self.store.path)
 
     def _local(self, item: PlannedFile) -> Path:
@@ -461,14 +462,17 @@ async def run_task(
     connection: ConnectionSettings | SourceConnector,
     observer: TaskObserver | None = None,
     *,
-    sink_factory: SinkFactory = LocalSink,
+    sink_factory: SinkFactory | None = None,
 ) -> TaskReport:
     """Fetch and extract one task. Transient failures are retried with backoff.
 
     ``connection`` may be a connector whose first connection is already under
     way (the command line starts it early); the caller closes it.
-    ``sink_factory`` makes the sink for a destination folder (tests pass fakes).
+    ``sink_factory`` makes the sink for a destination folder (tests pass fakes);
+    by default the one file_save_path names (sinks.sink_factory_for: s3:// or a folder).
     """
+    if sink_factory is None:
+        sink_factory = sink_factory_for(settings.destination_url)
     if isinstance(connection, ConnectionSettings):
         from ..sources.ssh import SSHConnector
 
