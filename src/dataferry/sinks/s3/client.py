@@ -13,6 +13,7 @@ Messages never carry credentials (botocore's own never do; we add none).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -76,6 +77,10 @@ def make_client() -> Any:
             "s3:// destinations need the S3 client library: pip install 'dataferry[s3]'"
         ) from None
 
+    botocore_log = logging.getLogger("botocore")
+    if botocore_log.level == logging.NOTSET:
+        # Its INFO says where credentials came from, on every run: noise for a user.
+        botocore_log.setLevel(logging.WARNING)
     try:
         session = botocore.session.Session()
         region = (

@@ -1,0 +1,186 @@
+"""Whole runs from SFTP into ``s3://`` (the embedded SFTP server and SeaweedFS, both real).
+
+Plain files and archives land as objects under the prefix; a re-run skips what is
+up to date; a hostile archive is exit 6 with nothing under the prefix; links are
+dropped with a warning; kill -9 in the middle of an upload leaves nothing visible
+and the next run reuses the parts already stored; user mistakes are one line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dataferry.sinks.s3.writer import PART_SIZE
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import REPO, Remote, random_bytes, run_args, run_cli, trust_port
+from tests.support.s3 import SeaweedS3, keys, make_bucket, objects, uploads
+from tests.support.sshd import free_port
+
+pytestmark = pytest.mark.parametrize("remote", ["embedded"], indirect=True)
+
+
+def bucket_for(server: SeaweedS3) -> str:
+    return make_bucket(server, f"run-{free_port()}")
+
+
+def env_for(remote: Remote, server: SeaweedS3) -> dict[str, str]:
+    return {**remote.env(), **server.environment()}
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_plain_files_then_an_up_to_date_rerun(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    folder = remote.root / "d"
+    folder.mkdir()
+    big = random_bytes(2 * PART_SIZE + 4321, 1)
+    (folder / "big.csv").write_bytes(big)
+    (folder / "small.csv").write_bytes(b"a,b\n1,2\n")
+    bucket = bucket_for(s3_env)
+    args = run_args(f"s3://{bucket}/landing/", remote.path(folder))
+    env = env_for(remote, s3_env)
+    first = run_cli(args, env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert objects(s3_env, bucket) == {"landing/big.csv": big, "landing/small.csv": b"a,b\n1,2\n"}
+    assert uploads(s3_env, bucket) == []
+    manifest = json.loads(Path(env["DATAFERRY_MANIFEST"]).read_text())
+    assert manifest["tasks"]["t"]["destination"] == f"s3://{bucket}/landing"
+    again = run_cli(args, env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 already up to date" in again.stdout
+    assert "0 B transferred" in again.stdout or " 0 bytes" in again.stdout or "0.0" in again.stdout
+
+
+def test_archives_become_one_object_per_member(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    folder = remote.root / "a"
+    folder.mkdir()
+    # Big enough to be extracted while it downloads (engine.run.OVERLAP_MIN_BYTES).
+    zipped = {"z/one.csv": random_bytes(5 << 20, 2), "two.csv": b"x,y\n" * 100}
+    make_zip(folder / "data.zip", zipped)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in {"t/three.csv": b"3\n" * 10, "four.csv": b"4\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("four-link.csv")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "four.csv"
+        archive.addfile(link)
+    (folder / "more.tar.gz").write_bytes(buffer.getvalue())
+    bucket = bucket_for(s3_env)
+    include = ["--include", "*.zip", "--include", "*.tar.gz"]
+    args = run_args(f"s3://{bucket}/x/", remote.path(folder), *include)
+    done = run_cli([*args, "--log-level", "INFO"], env_for(remote, s3_env), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert objects(s3_env, bucket) == {
+        "x/z/one.csv": zipped["z/one.csv"],
+        "x/two.csv": zipped["two.csv"],
+        "x/t/three.csv": b"3\n" * 10,
+        "x/four.csv": b"4\n",
+    }
+    assert "dropped the link" in done.stderr and "four-link.csv" in done.stderr
+    verified = run_cli(["-m", "dataferry", "verify", "t"], env_for(remote, s3_env), tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "t: 4 file(s) intact" in verified.stdout
+
+
+def test_hostile_archive_is_exit_6_with_nothing_under_the_prefix(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    archive = remote.root / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as evil:
+        evil.writestr("fine.csv", "a\n")
+        evil.writestr("../escaped.csv", "b\n")
+    bucket = bucket_for(s3_env)
+    args = run_args(f"s3://{bucket}/p/evil.zip", remote.path(archive))
+    done = run_cli(args, env_for(remote, s3_env), tmp_path)
+    assert done.returncode == 6, done.stderr
+    assert "../escaped.csv" in done.stderr and "Traceback" not in done.stderr
+    # The archive itself is kept for inspection, as on disk; no member is there.
+    assert keys(s3_env, bucket) == ["p/evil.zip"]
+
+
+def test_missing_bucket_is_one_line_exit_7(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    (remote.root / "a.csv").write_bytes(b"1\n")
+    args = run_args("s3://no-bucket-of-that-name/p/", remote.path(remote.root / "a.csv"))
+    done = run_cli(args, env_for(remote, s3_env), tmp_path)
+    assert done.returncode == 7
+    assert done.stderr == (
+        "dataferry: error: s3://no-bucket-of-that-name/p: the bucket does not exist "
+        "(NoSuchBucket); create it first\n"
+    )
+
+
+def test_wrong_secret_is_one_line_exit_3(remote: Remote, s3_env: SeaweedS3, tmp_path: Path) -> None:
+    (remote.root / "a.csv").write_bytes(b"1\n")
+    bucket = bucket_for(s3_env)
+    env = {**env_for(remote, s3_env), "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"}
+    done = run_cli(run_args(f"s3://{bucket}/p/", remote.path(remote.root / "a.csv")), env, tmp_path)
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "rejected the credentials" in done.stderr
+    assert "wrong-secret-value" not in done.stderr
+
+
+def test_kill_9_mid_upload_then_rerun_reuses_parts(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    data = random_bytes(6 * PART_SIZE + 999, 3)
+    source = remote.root / "k.bin"
+    source.write_bytes(data)
+    bucket = bucket_for(s3_env)
+    args = run_args(f"s3://{bucket}/k/k.bin", remote.path(source), "--retry_delay", "0")
+    env = env_for(remote, s3_env)
+    with FaultProxy(remote.connection.port, FaultPlan(rate=8 << 20)) as proxy:
+        slow = {
+            **env,
+            "REMOTE_PORT": str(proxy.port),
+            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
+            "PYTHONPATH": str(REPO / "src"),
+        }
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env=slow,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = s3_env.client()
+        stored = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None and stored < 2:
+            for upload in uploads(s3_env, bucket):
+                parts = client.list_parts(Bucket=bucket, Key="k/k.bin", UploadId=upload["UploadId"])
+                stored = len(parts.get("Parts", []))
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert stored >= 2
+    assert keys(s3_env, bucket) == []  # nothing visible of the killed run
+    again = run_cli([*args, "--log-level", "INFO"], env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "part(s) already stored" in again.stderr
+    reused = int(again.stderr.split("resuming its upload: ")[1].split()[0])
+    assert reused >= 2
+    assert objects(s3_env, bucket) == {"k/k.bin": data}
+    assert uploads(s3_env, bucket) == []
