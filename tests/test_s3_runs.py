@@ -8,7 +8,9 @@ and the next run reuses the parts already stored; user mistakes are one line.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import json
 import signal
 import subprocess
@@ -184,3 +186,70 @@ def test_kill_9_mid_upload_then_rerun_reuses_parts(
     assert reused >= 2
     assert objects(s3_env, bucket) == {"k/k.bin": data}
     assert uploads(s3_env, bucket) == []
+
+
+def test_one_gib_streams_in_bounded_memory(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    """1 GiB from SFTP into one object, no local copy, under 250 MB peak RSS."""
+    size = 1 << 30
+    source = remote.root / "huge.bin"
+    block = random_bytes(1 << 20, 4)
+    digest = hashlib.sha256()
+    with source.open("wb") as handle:
+        for n in range(size >> 20):
+            chunk = block[n % 7 :] + block[: n % 7]  # no two MiB alike
+            handle.write(chunk)
+            digest.update(chunk)
+    bucket = bucket_for(s3_env)
+    args = run_args(f"s3://{bucket}/big/huge.bin", remote.path(source))
+    env = {**env_for(remote, s3_env), "PYTHONPATH": str(REPO / "src")}
+    process = subprocess.Popen(
+        [sys.executable, *args], env=env, cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, stderr
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    assert peak < 250 * 10**6, f"peak RSS {peak / 1e6:.0f} MB"
+    # Nothing staged on local disk (known_hosts is the SFTP fixture's).
+    assert [p.name for p in tmp_path.rglob("*") if p.name != "known_hosts"] == []
+    source.unlink()
+    client = s3_env.client()
+    body = client.get_object(Bucket=bucket, Key="big/huge.bin")["Body"]
+    received = hashlib.sha256()
+    while chunk := body.read(8 << 20):
+        received.update(chunk)
+    assert received.hexdigest() == digest.hexdigest()
+    print(f"1 GiB to s3://: peak RSS {peak / 1e6:.0f} MB")
+
+
+def test_frozen_and_verify_through_the_manifest(
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    """--frozen fetches what the manifest pins into the bucket and refuses a changed
+    remote (exit 9, objects untouched); verify finds a changed or missing object (exit 8)."""
+    folder = remote.root / "f"
+    folder.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (folder / name).write_bytes(name.encode() * 100)
+    bucket = bucket_for(s3_env)
+    args = run_args(f"s3://{bucket}/f/", remote.path(folder))
+    env = env_for(remote, s3_env)
+    assert run_cli(args, env, tmp_path).returncode == 0
+    client = s3_env.client()
+    client.delete_object(Bucket=bucket, Key="f/a.csv")
+    assert run_cli([*args, "--frozen"], env, tmp_path).returncode == 0
+    assert objects(s3_env, bucket)["f/a.csv"] == b"a.csv" * 100
+    (folder / "b.csv").write_bytes(b"changed" * 100)
+    changed = run_cli([*args, "--frozen"], env, tmp_path)
+    assert changed.returncode == 9, changed.stderr
+    assert "b.csv changed" in changed.stderr
+    assert objects(s3_env, bucket)["f/b.csv"] == b"b.csv" * 100
+    client.put_object(Bucket=bucket, Key="f/a.csv", Body=b"A.CSV" * 100)
+    client.delete_object(Bucket=bucket, Key="f/b.csv")
+    drifted = run_cli(["-m", "dataferry", "verify", "t"], env, tmp_path)
+    assert drifted.returncode == 8, drifted.stderr
+    assert f"s3://{bucket}/f/a.csv: content changed" in drifted.stdout
+    assert f"s3://{bucket}/f/b.csv: missing" in drifted.stdout

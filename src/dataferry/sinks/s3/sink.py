@@ -40,7 +40,7 @@ log = logging.getLogger("dataferry.sink.s3")
 
 SCHEME = "s3://"
 # Parts being uploaded at once across the sink: memory is about this many parts.
-PARTS_IN_FLIGHT = 8
+PARTS_IN_FLIGHT = 4
 HEAD_BYTES = 64 * 1024
 
 T = TypeVar("T")
