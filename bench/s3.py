@@ -36,7 +36,9 @@ TARGET_RATIO = 0.6
 MiB = 1 << 20
 
 
-def dataferry_s3(endpoint: Endpoint, remote: Path, url: str, s3: SeaweedS3, scratch: Path) -> Invocation:
+def dataferry_s3(
+    endpoint: Endpoint, remote: Path, url: str, s3: SeaweedS3, scratch: Path
+) -> Invocation:
     config = {
         "common": {"overwrite": True, "max_tries": 1, "log-level": "WARNING"},
         "bench": {"file_save_path": url, "remote_file_path": str(remote)},
@@ -56,7 +58,9 @@ def dataferry_s3(endpoint: Endpoint, remote: Path, url: str, s3: SeaweedS3, scra
     }
     # This checkout's dataferry (the venv's console script may be another checkout's).
     env["PYTHONPATH"] = str(REPO / "src")
-    return Invocation([sys.executable, "-m", "dataferry", "run", "bench", "--config", str(path)], env)
+    return Invocation(
+        [sys.executable, "-m", "dataferry", "run", "bench", "--config", str(path)], env
+    )
 
 
 def rclone_s3(endpoint: Endpoint, remote: Path, bucket: str, key: str, s3: SeaweedS3) -> Invocation:
@@ -65,9 +69,9 @@ def rclone_s3(endpoint: Endpoint, remote: Path, bucket: str, key: str, s3: Seawe
         f"access_key_id={ADMIN[0]},secret_access_key={ADMIN[1]}:{bucket}/{key}"
     )
     # rclone refuses an AWS_CA_BUNDLE with a plain-http endpoint: not rclone's speed at stake.
+    source = endpoint.rclone_remote(remote)
     return Invocation(
-        ["env", "-u", "AWS_CA_BUNDLE", "rclone", "--config", "", "copyto"]
-        + [endpoint.rclone_remote(remote), target]
+        ["env", "-u", "AWS_CA_BUNDLE", "rclone", "--config", "", "copyto", source, target]
     )
 
 

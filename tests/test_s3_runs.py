@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -106,20 +106,25 @@ def test_archives_become_one_object_per_member(
     assert "t: 4 file(s) intact" in verified.stdout
 
 
+@pytest.mark.parametrize("filler", [0, 6 << 20], ids=["after-download", "while-downloading"])
 def test_hostile_archive_is_exit_6_with_nothing_under_the_prefix(
-    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path, filler: int
 ) -> None:
+    """Small archives are extracted after their download, big ones while they
+    download (the upload is then aborted, or the object removed): either way
+    nothing is left under the prefix, not even the archive."""
     archive = remote.root / "evil.zip"
     with zipfile.ZipFile(archive, "w") as evil:
-        evil.writestr("fine.csv", "a\n")
+        evil.writestr("fine.csv", random_bytes(filler, 5) + b"a\n")
         evil.writestr("../escaped.csv", "b\n")
     bucket = bucket_for(s3_env)
     args = run_args(f"s3://{bucket}/p/evil.zip", remote.path(archive))
     done = run_cli(args, env_for(remote, s3_env), tmp_path)
     assert done.returncode == 6, done.stderr
     assert "../escaped.csv" in done.stderr and "Traceback" not in done.stderr
-    # The archive itself is kept for inspection, as on disk; no member is there.
-    assert keys(s3_env, bucket) == ["p/evil.zip"]
+    assert done.stderr.count("dataferry: error:") == 1
+    assert keys(s3_env, bucket) == []
+    assert uploads(s3_env, bucket) == []
 
 
 def test_missing_bucket_is_one_line_exit_7(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -396,9 +397,9 @@ class _TaskRun:
                 self.observer.state_changed(self.name, TaskState.EXTRACTING)
                 log.info(
                     "extracting %s (%s) into %s",
-                    shown(str(path)),
+                    shown(sink.describe(item.relative)),
                     kind.value,
-                    shown(str(path.parent)),
+                    shown(sink.describe(posixpath.dirname(item.relative))),
                 )
                 results = sink.extract_file(
                     item.relative,

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from filelock import FileLock, Timeout
 
-from ..._exceptions import DestinationError
+from ..._exceptions import ArchiveError, DestinationError
 from ...extract import ArchiveKind, ExtractLimits, detect_archive_kind_of
 from ...sources import RemoteFile
 from ..base import Extracted, Held, Sink
@@ -117,6 +117,8 @@ class S3Sink(Sink):
         self.bucket, self.prefix = parse_url(str(folder))
         self.url = url_of(folder)
         self._open_keys: set[str] = set()
+        # Archives extraction refused: never left under the prefix (see _refuse).
+        self.refused: dict[str, ArchiveError] = {}
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     # -- plumbing ---------------------------------------------------------------
@@ -259,6 +261,8 @@ class S3Sink(Sink):
         return io.BufferedReader(_ObjectReader(answer["Body"]), 1 << 20)
 
     def archive_kind(self, relative: str) -> ArchiveKind | None:
+        if relative in self.refused:
+            raise self.refused[relative]
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.key(relative), Range=f"bytes=0-{HEAD_BYTES - 1}"
@@ -280,7 +284,7 @@ class S3Sink(Sink):
     ) -> list[Extracted]:
         held = self.held(relative)
         size = held.size if held is not None else 0
-        with self.open_result(relative) as stream:
+        with self.open_result(relative) as stream, self._refuse(relative):
             return self.extract_stream(
                 stream,
                 size,
@@ -306,14 +310,31 @@ class S3Sink(Sink):
     ) -> list[Extracted]:
         from .extract import extract_into_objects
 
-        return extract_into_objects(
-            self,
-            stream,
-            size,
-            relative,
-            kind,
-            overwrite=overwrite,
-            owned=owned,
-            limits=limits,
-            before_install=before_install,
-        )
+        with self._refuse(relative):
+            return extract_into_objects(
+                self,
+                stream,
+                size,
+                relative,
+                kind,
+                overwrite=overwrite,
+                owned=owned,
+                limits=limits,
+                before_install=before_install,
+            )
+
+    @contextlib.contextmanager
+    def _refuse(self, relative: str) -> Iterator[None]:
+        """A refused archive leaves nothing under the prefix, the archive included
+        (on disk it is kept for inspection; a bucket is often served to others).
+
+        Committed already: removed now. Still uploading: its writer aborts the
+        upload at commit (S3PartWriter.commit) and raises the same error.
+        """
+        try:
+            yield
+        except ArchiveError as exc:
+            self.refused[relative] = exc
+            if self.held(relative) is not None:
+                self.remove(relative)
+            raise

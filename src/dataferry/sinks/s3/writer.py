@@ -219,6 +219,12 @@ class S3PartWriter(PartWriter):
 
     async def commit(self, mtime: int) -> str:
         self._raise_failure()
+        refused = self.sink.refused.get(self.relative)
+        if refused is not None:
+            # Extraction refused this archive while it downloaded: it must not appear.
+            await self._drain()
+            self.discard()
+            raise refused
         if self._written != self.remote.size:
             await self._drain()
             raise TransientError(
