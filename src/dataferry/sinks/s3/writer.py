@@ -163,7 +163,8 @@ class S3PartWriter(PartWriter):
                 )
             return
         while len(self._buffer) >= self.part_size:
-            part = bytes(self._buffer[: self.part_size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self.part_size])  # one copy, not a slice and a copy
             del self._buffer[: self.part_size]
             await self._send(part)
 
