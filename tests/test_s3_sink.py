@@ -10,13 +10,23 @@ unreachable endpoint, plain http not allowed).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import itertools
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from dataferry._exceptions import AuthenticationError, ConfigError, DestinationError
-from dataferry.sinks import Held, Sink
+from dataferry._exceptions import (
+    ArchiveError,
+    AuthenticationError,
+    ConfigError,
+    DestinationError,
+    OverwriteConflictError,
+)
+from dataferry.extract import ArchiveKind, ExtractLimits
+from dataferry.sinks import Extracted, Held, Sink
 from dataferry.sinks.s3 import S3Sink
 from dataferry.sinks.s3.sink import forget_clients
 from dataferry.sinks.s3.writer import PART_SIZE, S3PartWriter
@@ -29,7 +39,7 @@ from tests.conformance.sink_suite import (
     read_result,
     write_in_blocks,
 )
-from tests.support.s3 import READER, SeaweedS3, keys, make_bucket, uploads
+from tests.support.s3 import READER, SeaweedS3, keys, make_bucket, objects, uploads
 from tests.support.sshd import free_port
 
 _numbers = itertools.count()
@@ -222,3 +232,104 @@ def test_plain_http_needs_allow_http(s3_env: SeaweedS3, monkeypatch: pytest.Monk
         pass
     assert "AWS_ALLOW_HTTP=true" in str(caught.value)
     assert caught.value.exit_code == 2
+
+
+# -- archives: each member streamed into its own object, all or nothing ------------
+
+
+def tar_gz(members: dict[str, bytes], hardlinks: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = MTIME
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (hardlinks or {}).items():
+            link = tarfile.TarInfo(name)
+            link.type = tarfile.LNKTYPE
+            link.linkname = target
+            archive.addfile(link)
+    return buffer.getvalue()
+
+
+def test_members_stream_into_uploads_completed_only_at_the_end(s3_env: SeaweedS3) -> None:
+    bucket = new_bucket(s3_env)
+    sink = S3Sink(f"s3://{bucket}/pre")
+    big = random_bytes(PART_SIZE * 2 + 99, 30)
+    data = tar_gz(
+        {"d/big.bin": big, "small.csv": b"1,2\n", "empty.csv": b""}, {"copy.bin": "d/big.bin"}
+    )
+    seen: dict[str, object] = {}
+
+    def before_install(results: list[Extracted]) -> None:
+        # Every member went up already, as uploads not yet completed: none visible.
+        seen["keys"] = keys(s3_env, bucket)
+        seen["uploads"] = sorted(u["Key"] for u in uploads(s3_env, bucket))
+        seen["results"] = sorted((r.path, r.size, r.mtime) for r in results)
+
+    results = sink.extract_stream(
+        io.BytesIO(data),
+        len(data),
+        "in/x.tar.gz",
+        ArchiveKind.TAR_GZ,
+        overwrite=False,
+        owned=frozenset(),
+        limits=ExtractLimits(max_total_bytes=1 << 30, max_ratio=1000),
+        before_install=before_install,
+    )
+    assert seen["keys"] == []
+    assert seen["uploads"] == ["pre/in/d/big.bin", "pre/in/small.csv"]
+    assert seen["results"] == [
+        ("in/copy.bin", len(big), MTIME),
+        ("in/d/big.bin", len(big), MTIME),
+        ("in/empty.csv", 0, MTIME),
+        ("in/small.csv", 4, MTIME),
+    ]
+    assert {r.path: r.sha256 for r in results}["in/copy.bin"] == hashlib.sha256(big).hexdigest()
+    assert objects(s3_env, bucket) == {
+        "pre/in/d/big.bin": big,
+        "pre/in/copy.bin": big,
+        "pre/in/small.csv": b"1,2\n",
+        "pre/in/empty.csv": b"",
+    }
+    assert sink.held("in/d/big.bin") == Held(len(big), MTIME)
+    assert uploads(s3_env, bucket) == []
+
+
+def test_a_refused_member_aborts_every_upload(s3_env: SeaweedS3) -> None:
+    bucket = new_bucket(s3_env)
+    sink = S3Sink(f"s3://{bucket}/pre")
+    # Good members first (already uploading), then one escaping the destination.
+    data = tar_gz({"ok.bin": random_bytes(PART_SIZE + 5, 31), "b.csv": b"b", "../evil.csv": b"x"})
+    with pytest.raises(ArchiveError, match=r"\.\./evil\.csv"):
+        sink.extract_stream(
+            io.BytesIO(data),
+            len(data),
+            "x.tar.gz",
+            ArchiveKind.TAR_GZ,
+            overwrite=True,
+            owned=frozenset(),
+            limits=ExtractLimits(max_total_bytes=1 << 30, max_ratio=1000),
+        )
+    assert keys(s3_env, bucket) == []
+    assert uploads(s3_env, bucket) == []
+
+
+def test_existing_objects_are_not_overwritten_unless_allowed(s3_env: SeaweedS3) -> None:
+    bucket = new_bucket(s3_env)
+    sink = S3Sink(f"s3://{bucket}/pre")
+    s3_env.client().put_object(Bucket=bucket, Key="pre/a.csv", Body=b"precious")
+    data = tar_gz({"a.csv": b"new", "b.csv": b"b"})
+    with pytest.raises(OverwriteConflictError, match="would overwrite s3://"):
+        sink.extract_stream(
+            io.BytesIO(data),
+            len(data),
+            "x.tar.gz",
+            ArchiveKind.TAR_GZ,
+            overwrite=False,
+            owned=frozenset(),
+            limits=ExtractLimits(max_total_bytes=1 << 30, max_ratio=1000),
+        )
+    assert objects(s3_env, bucket) == {"pre/a.csv": b"precious"}
+    assert uploads(s3_env, bucket) == []
