@@ -24,7 +24,7 @@ from ..._exceptions import TransientError
 from ...plan.names import shown
 from ...sources import RemoteFile
 from ..base import PartWriter
-from .uploads import UploadRecord, drop_record, load_record, save_record
+from .uploads import UploadRecord, drop_record, load_record, save_record, state_directory
 
 if TYPE_CHECKING:
     from .sink import S3Sink
@@ -133,17 +133,25 @@ class S3PartWriter(PartWriter):
             return str(answer["UploadId"])
 
         self._upload_id = await self.sink.call(create)
-        save_record(
-            UploadRecord(
-                bucket=self.sink.bucket,
-                key=self.key,
-                upload_id=self._upload_id,
-                part_size=self.part_size,
-                remote_path=self.remote.path,
-                size=self.remote.size,
-                mtime=self.remote.mtime,
-            )
+        record = UploadRecord(
+            bucket=self.sink.bucket,
+            key=self.key,
+            upload_id=self._upload_id,
+            part_size=self.part_size,
+            remote_path=self.remote.path,
+            size=self.remote.size,
+            mtime=self.remote.mtime,
         )
+        try:
+            save_record(record)
+        except OSError as exc:
+            # A read-only home (some containers): the upload works, it just cannot resume.
+            log.warning(
+                "%s: cannot keep its upload id in %s (%s); a cut upload will start over",
+                shown(self.where),
+                state_directory(),
+                exc.strerror or exc,
+            )
 
     def held_prefix(self) -> Iterator[bytes]:
         return iter(())  # offset is always 0: see the module's docstring
