@@ -170,7 +170,7 @@ async def _run_tasks_async(
                 print(f"dataferry: error: {exc}", file=sys.stderr)
                 failures.append(exc)
                 continue
-            _print_report(report, settings.destination_url)
+            _print_report(report)
         return failures[0].exit_code if failures else 0
     finally:
         if connector is not None:
@@ -230,16 +230,11 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
         yield group
 
 
-def _print_report(report: TaskReport, url: str | None = None) -> None:
+def _print_report(report: TaskReport) -> None:
     skipped = f", {len(report.up_to_date)} already up to date" if report.up_to_date else ""
     print(
         f"{report.task}: {len(report.files)} file(s) ready{skipped}, "
         f"{human_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
     )
     for path in report.files:
-        if url is not None:  # s3://: the engine holds the key as a path
-            from ...sinks import sink_url
-
-            print(f"  {shown(sink_url(url, path))}")
-            continue
         print(f"  {shown(str(path))}")
