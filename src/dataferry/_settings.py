@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -133,6 +134,30 @@ class TaskSettings(BaseModel):
     after_fetch: Annotated[str, BeforeValidator(_parse_after_fetch)] = "keep"
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
+    # Derived, not a key: file_save_path as written when it is a URL (s3://bucket/prefix);
+    # file_save_path then holds the same as a path (sinks.sink_url turns it back).
+    destination_url: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _remember_destination_url(cls, data: object) -> object:
+        if isinstance(data, dict):
+            raw = data.get("file_save_path")
+            url = None
+            if isinstance(raw, str):
+                try:
+                    url = _destination_url(raw)
+                except ValueError:
+                    url = None  # _save_url_is_usable says why, as file_save_path's error
+            data = {**data, "destination_url": url}
+        return data
+
+    @field_validator("file_save_path", mode="before")
+    @classmethod
+    def _save_url_is_usable(cls, value: object) -> object:
+        if isinstance(value, str):
+            _destination_url(value)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -215,7 +240,7 @@ class TaskSettings(BaseModel):
 TASK_KEYS = tuple(
     (field.alias or name)
     for name, field in TaskSettings.model_fields.items()
-    if name not in ("name", "save_path_is_folder")
+    if name not in ("name", "save_path_is_folder", "destination_url")
 )
 MANIFEST_ENV = "DATAFERRY_MANIFEST"
 MAX_CONFIG_BYTES = 2**20
@@ -372,7 +397,7 @@ def default_manifest_path(config: ConfigFile | None) -> Path:
 def check_container_save_path(settings: TaskSettings) -> None:
     """In a container, a save path outside the mounted data folder would be lost."""
     data_dir = os.environ.get(DATA_DIR_ENV)
-    if not data_dir:
+    if not data_dir or settings.destination_url is not None:
         return
     root = Path(data_dir).resolve()
     target = settings.file_save_path.resolve()
@@ -382,3 +407,24 @@ def check_container_save_path(settings: TaskSettings) -> None:
             f"container's data folder {root} ({DATA_DIR_ENV}); the file would be lost when "
             "the container exits. Save under the folder the compose file mounts as a volume."
         )
+
+
+def _destination_url(text: str) -> str | None:
+    """A URL destination (s3://bucket/prefix) checked, or None for a plain path."""
+    if "://" not in text:
+        return None  # a plain path: the sinks need not load
+    from .sinks import destination_scheme
+
+    scheme = destination_scheme(text.strip())
+    if scheme is None:
+        return None
+    rest = text.strip()[len(scheme) + 3 :]
+    bucket = rest.split("/", 1)[0]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(
+            f"expected {scheme}://BUCKET/PREFIX with a bucket name of 3-63 lowercase "
+            "letters, digits, dots and hyphens"
+        )
+    if any(part in (".", "..") for part in rest.split("/")[1:]):
+        raise ValueError("'.' and '..' are not allowed in an object key prefix")
+    return f"{scheme}://{rest}"

@@ -47,6 +47,10 @@ class SinkWorld(abc.ABC):
     sink: Sink
     #: The smallest file whose partial download is kept for a resume.
     resume_min_bytes: int = 0
+    #: False for a sink that keeps what it stored but cannot read it back before
+    #: commit (an object store's multipart upload): a resumed writer starts at 0
+    #: and must still give exactly the bytes written the second time.
+    resumes_at_byte: bool = True
 
     @abc.abstractmethod
     def another_sink(self) -> Sink:
@@ -109,9 +113,10 @@ class SinkSuite:
             assert sink.held("big.csv") is None
 
             again = await sink.open_part("big.csv", source)
-            assert again.offset == cut
-            assert held_prefix(again) == data[:cut]
-            await write_in_blocks(again, data[cut:])
+            restart = cut if sink_world.resumes_at_byte else 0
+            assert again.offset == restart
+            assert held_prefix(again) == data[:restart]
+            await write_in_blocks(again, data[restart:])
             await again.commit(source.mtime)
 
         asyncio.run(body())

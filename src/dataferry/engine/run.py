@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,8 +34,7 @@ from ..observe import TaskObserver, TaskState
 from ..plan import Plan, PlannedFile, files_in_flight, plan_files
 from ..plan.listing import list_task
 from ..plan.names import shown
-from ..sinks import Extracted, Sink
-from ..sinks.local import LocalSink
+from ..sinks import Extracted, Sink, sink_factory_for, sink_url
 from ..sources import Source, SourceConnector
 from .after_fetch import act_after_fetch, still_as_listed
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
@@ -160,6 +160,8 @@ class _TaskRun:
     def destination(self) -> str:
         """The destination folder as the manifest records it (see destination_label)."""
         assert self.plan is not None
+        if self.settings.destination_url is not None:
+            return sink_url(self.settings.destination_url, self.plan.folder)
         return destination_label(self.plan.folder, self.store.path)
 
     def _local(self, item: PlannedFile) -> Path:
@@ -439,9 +441,9 @@ class _TaskRun:
                 self.observer.state_changed(self.name, TaskState.EXTRACTING)
                 log.info(
                     "extracting %s (%s) into %s",
-                    shown(str(path)),
+                    shown(sink.describe(item.relative)),
                     kind.value,
-                    shown(str(path.parent)),
+                    shown(sink.describe(posixpath.dirname(item.relative))),
                 )
                 results = sink.extract_file(
                     item.relative,
@@ -505,14 +507,17 @@ async def run_task(
     connection: ConnectionSettings | SourceConnector,
     observer: TaskObserver | None = None,
     *,
-    sink_factory: SinkFactory = LocalSink,
+    sink_factory: SinkFactory | None = None,
 ) -> TaskReport:
     """Fetch and extract one task. Transient failures are retried with backoff.
 
     ``connection`` may be a connector whose first connection is already under
     way (the command line starts it early); the caller closes it.
-    ``sink_factory`` makes the sink for a destination folder (tests pass fakes).
+    ``sink_factory`` makes the sink for a destination folder (tests pass fakes);
+    by default the one file_save_path names (sinks.sink_factory_for: s3:// or a folder).
     """
+    if sink_factory is None:
+        sink_factory = sink_factory_for(settings.destination_url)
     if isinstance(connection, ConnectionSettings):
         from ..sources.ssh import SSHConnector
 

@@ -9,6 +9,7 @@ checked entries with what already exists in the destination (read only);
 
 from __future__ import annotations
 
+import abc
 import errno
 import hashlib
 import math
@@ -17,6 +18,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +55,8 @@ class Placement:
     overwrite: bool
     owned: frozenset[Path] = frozenset()
     before_install: Callable[[list[StagedFile]], None] | None = None
+    # Somewhere other than a staging folder inside dest_dir (an object store).
+    target: ExtractionTarget | None = None
 
     def may_replace(self, path: str | Path) -> bool:
         return self.overwrite or Path(path) in self.owned
@@ -448,3 +452,61 @@ def precheck_destination(dest_dir: Path, checker: EntryChecker, *, placement: Pl
     for entry in checker.entries.values():
         check.add(entry)
     check.finish()
+
+
+class ExtractionTarget(abc.ABC):
+    """Where checked entries go when the destination is not a local folder.
+
+    The default (None in Placement) is a StagingDirectory inside dest_dir, a
+    StagingWriter and install_staged. A target supplies all three: the same
+    checks run, the same writer calls arrive, and nothing may be visible
+    before install(); leaving the staging context with an error must undo
+    everything (sinks/s3/extract.py: multipart uploads, completed in install).
+    """
+
+    @abc.abstractmethod
+    def staging(self, dest_dir: Path, archive: str) -> AbstractContextManager[str]:
+        """The staging area, undone on an error."""
+
+    @abc.abstractmethod
+    def writer(self, staging: str, checker: EntryChecker, dest_dir: Path) -> StagingWriter:
+        """Receives the checked entries."""
+
+    @abc.abstractmethod
+    def install(
+        self,
+        staging: str,
+        dest_dir: Path,
+        checker: EntryChecker,
+        writer: StagingWriter,
+        *,
+        placement: Placement,
+    ) -> list[Path]:
+        """Make everything visible (placement.before_install first); the regular files."""
+
+
+def open_staging(dest_dir: Path, archive: str, placement: Placement) -> AbstractContextManager[str]:
+    if placement.target is not None:
+        return placement.target.staging(dest_dir, archive)
+    return StagingDirectory(dest_dir, archive)
+
+
+def new_writer(
+    staging: str, checker: EntryChecker, dest_dir: Path, placement: Placement
+) -> StagingWriter:
+    if placement.target is not None:
+        return placement.target.writer(staging, checker, dest_dir)
+    return StagingWriter(staging, checker, dest_dir)
+
+
+def install(
+    staging: str,
+    dest_dir: Path,
+    checker: EntryChecker,
+    writer: StagingWriter,
+    *,
+    placement: Placement,
+) -> list[Path]:
+    if placement.target is not None:
+        return placement.target.install(staging, dest_dir, checker, writer, placement=placement)
+    return install_staged(staging, dest_dir, checker, writer, placement=placement)

@@ -20,11 +20,13 @@ from .kinds import ArchiveKind, open_tar_stream
 from .reading import READ_CHUNK, READ_ERRORS, error_detail, open_archive
 from .staging import (
     DestinationCheck,
+    ExtractionTarget,
     Placement,
     StagedFile,
-    StagingDirectory,
     StagingWriter,
-    install_staged,
+    install,
+    new_writer,
+    open_staging,
 )
 
 # Not in typeshed, but in tarfile since Python 2.  Kept: the public HeaderError also
@@ -232,8 +234,8 @@ def extract_tar(
         # Stop at the first conflict rather than after a long download.
         early = DestinationCheck(dest_dir, name, placement=placement, fail_fast=True)
         checker.on_new_entry = early.add
-    with StagingDirectory(dest_dir, name) as staging:
-        writer = StagingWriter(staging, checker, dest_dir)
+    with open_staging(dest_dir, name, placement) as staging:
+        writer = new_writer(staging, checker, dest_dir, placement)
         try:
             stream = open_tar_stream(cast(BinaryIO, counter), compression, threaded=True)
         except READ_ERRORS as exc:
@@ -242,7 +244,7 @@ def extract_tar(
             _walk_tar(stream, checker, writer)
         finally:
             stream.close()  # stops a threaded decompressor's worker
-        return install_staged(staging, dest_dir, checker, writer, placement=placement)
+        return install(staging, dest_dir, checker, writer, placement=placement)
 
 
 def extract_tar_stream(
@@ -255,6 +257,7 @@ def extract_tar_stream(
     limits: ExtractLimits,
     owned: frozenset[Path] = frozenset(),
     before_install: Callable[[list[StagedFile]], None] | None = None,
+    target: ExtractionTarget | None = None,
 ) -> list[Path]:
     """Extract a tar read sequentially from ``fileobj`` (only ``read`` is used).
 
@@ -268,7 +271,7 @@ def extract_tar_stream(
         dest_dir,
         name=name,
         compression=compression,
-        placement=Placement(overwrite, owned, before_install),
+        placement=Placement(overwrite, owned, before_install, target),
         limits=limits,
         early_conflict_check=True,
     )

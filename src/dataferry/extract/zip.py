@@ -27,11 +27,12 @@ from .checks import EntryChecker, EntryKind, ExtractLimits
 from .policy import MAX_PATH_BYTES, Refused, canonical_link_target, display_name
 from .reading import ISAL_ERROR, READ_CHUNK, READ_ERRORS, error_detail
 from .staging import (
+    ExtractionTarget,
     Placement,
     StagedFile,
-    StagingDirectory,
-    StagingWriter,
-    install_staged,
+    install,
+    new_writer,
+    open_staging,
     precheck_destination,
 )
 
@@ -351,8 +352,8 @@ def extract_zip(
         for member in members:
             prepare_zip_member(handle, member, archive_size, checker)
     precheck_destination(dest_dir, checker, placement=placement)
-    with StagingDirectory(dest_dir, name) as staging:
-        writer = StagingWriter(staging, checker, dest_dir)
+    with open_staging(dest_dir, name, placement) as staging:
+        writer = new_writer(staging, checker, dest_dir, placement)
         for member in members:
             if not member.parts:
                 continue  # the archive root ("./")
@@ -371,7 +372,7 @@ def extract_zip(
                     member.mtime,
                     member.raw,
                 )
-        return install_staged(staging, dest_dir, checker, writer, placement=placement)
+        return install(staging, dest_dir, checker, writer, placement=placement)
 
 
 def extract_zip_stream(
@@ -384,6 +385,7 @@ def extract_zip_stream(
     limits: ExtractLimits,
     owned: frozenset[Path] = frozenset(),
     before_install: Callable[[list[StagedFile]], None] | None = None,
+    target: ExtractionTarget | None = None,
 ) -> list[Path]:
     """Extract a zip from a seekable ``fileobj`` of ``size`` bytes that may still be arriving.
 
@@ -397,7 +399,7 @@ def extract_zip_stream(
         size,
         dest_dir,
         name=name,
-        placement=Placement(overwrite, owned, before_install),
+        placement=Placement(overwrite, owned, before_install, target),
         limits=limits,
         prescan=False,
     )
