@@ -60,6 +60,9 @@ def test_plain_files_then_an_up_to_date_rerun(
     assert first.returncode == 0, first.stderr
     assert objects(s3_env, bucket) == {"landing/big.csv": big, "landing/small.csv": b"a,b\n1,2\n"}
     assert uploads(s3_env, bucket) == []
+    # The summary names the destination and each object by its URL.
+    assert f"ready in s3://{bucket}/landing" in first.stdout
+    assert f"  s3://{bucket}/landing/big.csv" in first.stdout
     manifest = json.loads(Path(env["DATAFERRY_MANIFEST"]).read_text())
     assert manifest["tasks"]["t"]["destination"] == f"s3://{bucket}/landing"
     again = run_cli(args, env, tmp_path)

@@ -186,7 +186,9 @@ async def _run_tasks_async(
                 failures.append(exc)
                 continue
             if mode.json is None:  # stdout is the JSON lines'
-                _print_report(report, list_paths=mode.list_paths)
+                _print_report(
+                    report, list_paths=mode.list_paths, url=settings.destination_url
+                )
         return failures[0].exit_code if failures else 0
     finally:
         if connector is not None:
@@ -261,16 +263,27 @@ def task_observer(settings: TaskSettings) -> Iterator[TaskObserver]:
 LISTED_PATHS = 10
 
 
-def _print_report(report: TaskReport, *, list_paths: bool = False) -> None:
-    """Counts, bytes, time and destination; every path with --list (or a few files)."""
+def _print_report(
+    report: TaskReport, *, list_paths: bool = False, url: str | None = None
+) -> None:
+    """Counts, bytes, time and destination; every path with --list (or a few files).
+
+    url: the task's destination when it is one (s3://...); the engine holds it
+    as a path, which folds the "//".
+    """
+    from ...sinks import sink_url
+
+    def label(path: Path) -> str:
+        return shown(sink_url(url, path) if url is not None else str(path))
+
     skipped = f", {len(report.up_to_date)} already up to date" if report.up_to_date else ""
-    where = f" in {shown(str(report.folder))}" if report.folder is not None else ""
+    where = f" in {label(report.folder)}" if report.folder is not None else ""
     print(
         f"{report.task}: {len(report.files)} file(s) ready{where}{skipped}, "
         f"{format_bytes(report.bytes_transferred)} transferred in {report.seconds:.1f} s"
     )
     if list_paths or len(report.files) <= LISTED_PATHS:
         for path in report.files:
-            print(f"  {shown(str(path))}")
+            print(f"  {label(path)}")
     else:
         print(f"  (--list shows all {len(report.files)} paths)")
