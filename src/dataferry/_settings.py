@@ -93,6 +93,9 @@ class TaskSettings(BaseModel):
     manifest: Path | None = None
     # Refuse to run when the remote differs from what the manifest pins.
     frozen: Bool = False
+    # SSH connections per task: a big file is fetched in that many segments at
+    # once, each over its own connection (engine/segments.py, docs/scale.md).
+    connections: int = Field(default=1, ge=1, le=32)
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
 

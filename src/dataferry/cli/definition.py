@@ -72,6 +72,13 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "dataferry.manifest.json beside the config file)",
     ),
     (
+        "--connections",
+        "connections",
+        "N",
+        "SSH connections per task, 1 to 32: files of 64 MiB or more are fetched in N "
+        "segments at once (default 1)",
+    ),
+    (
         "--metrics_port",
         "metrics_port",
         "PORT",

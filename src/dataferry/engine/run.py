@@ -37,6 +37,7 @@ from ..sinks.local import LocalSink
 from ..sources import Source, SourceConnector
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
+from .segments import SegmentedFetches
 from .tee import OverlappedExtraction, start_extraction
 
 log = logging.getLogger("dataferry.engine")
@@ -221,27 +222,32 @@ class _TaskRun:
         if not todo:
             return
         assert self.sink is not None
+        # Several connections (settings.connections): big files in segments, the
+        # rest spread over them (engine/segments.py).
+        self.segments = SegmentedFetches(self.settings, self.connector, source, self.observer)
         parallel = min(files_in_flight(source, todo), len(todo))
         requests_per_file = max(4, requests_budget(source) // parallel)
         queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
         for item in todo:
             queue.put_nowait(item)
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             while not queue.empty():
                 item = queue.get_nowait()
-                await self._fetch_one(source, item, requests_per_file, digests)
+                lane = await self.segments.lane(index)
+                await self._fetch_one(lane, item, requests_per_file, digests)
                 if time.monotonic() - self.last_record >= RECORD_INTERVAL:
                     entries = self._downloads_to_record()
                     await asyncio.to_thread(self._write_entries, entries)
 
-        workers = [asyncio.create_task(worker()) for _ in range(parallel)]
+        workers = [asyncio.create_task(worker(index)) for index in range(parallel)]
         try:
             await asyncio.gather(*workers)
         finally:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self.segments.aclose()
             await self.sink.finish()
 
     def _expected_sha256(self, item: PlannedFile, digests: dict[str, str]) -> str | None:
@@ -258,6 +264,19 @@ class _TaskRun:
     ) -> None:
         assert self.sink is not None and self.decisions is not None
         sink = self.sink
+        if self.segments.takes(item.remote):
+            pinned = item.remote.path in self.decisions.pinned_sha256 and self.settings.frozen
+            segmented = await self.segments.fetch(
+                sink,
+                item.relative,
+                item.remote,
+                expected_sha256=self._expected_sha256(item, digests),
+                pinned_by=self.store.path if pinned else None,
+            )
+            if segmented is not None:
+                self.done[item.remote.path] = _Fetched(item, segmented)
+                self.report.bytes_transferred += segmented.bytes_transferred
+                return
         # One open serves the archive probe and the download (round trips add
         # up on a far link); nothing waits for the close.
         reader = await source.open(item.remote)

@@ -1,0 +1,219 @@
+"""Segmented downloads: one big file over N SSH connections, resumed per segment.
+
+Against the real servers (``remote``: OpenSSH sshd and the embedded one),
+through the fault proxy, which counts connections and the bytes it delivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dataferry import run_task
+from dataferry.engine.segments import SEGMENT_ALIGN, SEGMENT_MIN_BYTES, split
+from dataferry.sinks.local import LocalPartWriter, part_meta_path, part_path
+from dataferry.sinks.local_regions import first_segment_prefix, recorded_segments
+from dataferry.sources import RemoteFile
+from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.remote import (
+    REPO,
+    Remote,
+    random_bytes,
+    run_args,
+    run_cli,
+    settings_for,
+    through,
+    trust_port,
+)
+
+BIG = SEGMENT_MIN_BYTES + 3 * SEGMENT_ALIGN + 12345  # segmented, and not a round size
+
+
+@given(size=st.integers(0, 2**40), count=st.integers(1, 32))
+def test_split_covers_the_file_in_order(size: int, count: int) -> None:
+    ranges = split(size, count)
+    assert len(ranges) <= count
+    position = 0
+    for start, end in ranges:
+        assert start == position and end > start
+        assert start % SEGMENT_ALIGN == 0
+        position = end
+    assert position == size
+    if size >= count * SEGMENT_ALIGN:
+        assert len(ranges) == count
+
+
+def test_side_file_checks() -> None:
+    remote = RemoteFile("/d/f.bin", 10, 5)
+    good = {"remote_path": "/d/f.bin", "size": 10, "mtime": 5, "segments": [[0, 4, 4], [4, 10, 2]]}
+    assert recorded_segments(good, remote) == [(0, 4, 4), (4, 10, 2)]
+    assert first_segment_prefix(good, remote) == 4
+    for bad in (
+        [[0, 4, 5], [4, 10, 0]],  # more done than the segment holds
+        [[0, 4, 0], [5, 10, 0]],  # a gap
+        [[0, 4, 0]],  # does not reach the end
+        [[0, 4, True], [4, 10, 0]],
+        "nonsense",
+    ):
+        record = {**good, "segments": bad}
+        assert recorded_segments(record, remote) is None
+        assert first_segment_prefix(record, remote) == 0  # a sequential resume trusts nothing
+    assert recorded_segments({**good, "mtime": 6}, remote) is None  # another version
+    assert first_segment_prefix({"remote_path": "/d/f.bin", "size": 10, "mtime": 5}, remote) is None
+
+
+def test_sequential_resume_after_segments_keeps_only_the_first_segment(tmp_path: Path) -> None:
+    """A segmented part later resumed over one connection (connections back to 1):
+    the sparse rest of the file must not count as held."""
+    size = 4 << 20
+    remote = RemoteFile("/d/f.bin", size, 5)
+    final = tmp_path / "f.bin"
+    part_path(final).write_bytes(random_bytes(size, 1))
+    state = {"remote_path": "/d/f.bin", "size": size, "mtime": 5}
+    state["segments"] = [[0, 2 << 20, 1 << 20], [2 << 20, size, 2 << 20]]
+    part_meta_path(final).write_text(json.dumps(state))
+    writer = LocalPartWriter(final, remote)
+    writer.open()
+    try:
+        assert writer.offset == 1 << 20
+    finally:
+        asyncio.run(writer.close())
+    assert part_path(final).stat().st_size == 1 << 20
+
+
+def test_four_connections_give_identical_bytes(remote: Remote, tmp_path: Path) -> None:
+    data = random_bytes(BIG, 4)
+    source = remote.root / "big.bin"
+    source.write_bytes(data)
+    save = tmp_path / "out" / "big.bin"
+    with FaultProxy(remote.connection.port) as proxy:
+        connection = through(remote.connection, proxy.port, tmp_path)
+        settings = settings_for(remote.path(source), save, connections=4)
+        report = asyncio.run(run_task(settings, connection))
+        assert proxy.connections == 4  # the try's session and three more
+    assert save.read_bytes() == data
+    assert report.bytes_transferred == BIG
+    assert not part_path(save).exists() and not part_meta_path(save).exists()
+
+
+def test_small_files_spread_over_the_connections(remote: Remote, tmp_path: Path) -> None:
+    folder = remote.root / "many"
+    folder.mkdir()
+    expected = {f"f{k}.csv": random_bytes(200_000 + k, k) for k in range(12)}
+    for name, data in expected.items():
+        (folder / name).write_bytes(data)
+    save = tmp_path / "out"
+    with FaultProxy(remote.connection.port) as proxy:
+        connection = through(remote.connection, proxy.port, tmp_path)
+        settings = settings_for(remote.path(folder), save, connections=3)
+        asyncio.run(run_task(settings, connection))
+        assert proxy.connections == 3
+    assert {p.name: p.read_bytes() for p in save.iterdir()} == expected
+
+
+def test_one_connection_is_the_default(remote: Remote, tmp_path: Path) -> None:
+    source = remote.root / "big.bin"
+    source.write_bytes(random_bytes(BIG, 5))
+    save = tmp_path / "big.bin"
+    with FaultProxy(remote.connection.port) as proxy:
+        connection = through(remote.connection, proxy.port, tmp_path)
+        asyncio.run(run_task(settings_for(remote.path(source), save), connection))
+        assert proxy.connections == 1
+    assert save.read_bytes() == source.read_bytes()
+
+
+def _segments_held(save: Path) -> list[int]:
+    try:
+        state = json.loads(part_meta_path(save).read_text())
+    except (OSError, ValueError):
+        return []
+    return [done for _, _, done in state.get("segments", [])]
+
+
+def test_killed_run_resumes_each_segment(remote: Remote, tmp_path: Path) -> None:
+    data = random_bytes(BIG, 6)
+    source = remote.root / "big.bin"
+    source.write_bytes(data)
+    save = tmp_path / "big.bin"
+    args = run_args(save, remote.path(source), "--connections", "4", "--retry_delay", "0")
+    # 4 MB/s per connection: the first run is killed once every segment holds 2 MiB.
+    with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
+        env = {
+            **remote.env(),
+            "REMOTE_PORT": str(proxy.port),
+            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
+            "PYTHONPATH": str(REPO / "src"),
+        }
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and process.poll() is None:
+                held = _segments_held(save)
+                if len(held) == 4 and min(held) >= 2 << 20:
+                    break
+                time.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.wait()
+    held = _segments_held(save)
+    assert len(held) == 4 and min(held) >= 2 << 20, held
+    assert not save.exists()
+    with FaultProxy(remote.connection.port) as proxy:
+        env = {
+            **remote.env(),
+            "REMOTE_PORT": str(proxy.port),
+            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
+        }
+        result = run_cli([*args, "--log-level", "INFO"], env, tmp_path)
+        resent = proxy.bytes_to_client
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert save.read_bytes() == data
+    # Only what the segments lacked crossed the wire again (plus SSH's own bytes).
+    assert resent < BIG - sum(held) + (2 << 20), (resent, held)
+    assert not part_path(save).exists() and not part_meta_path(save).exists()
+
+
+@pytest.mark.parametrize("value", ["0", "33", "four", "-1", "2.5"])
+def test_bad_connections_is_exit_2(tmp_path: Path, value: str) -> None:
+    args = run_args(tmp_path / "f.bin", "/nowhere/f.bin", "--connections", value)
+    env = {"REMOTE_HOST_ADDRESS": "127.0.0.1", "USERNAME": "nobody", "PATH": "/usr/bin:/bin"}
+    result = run_cli(args, env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--connections" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_connections_in_config_is_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "t": {
+                    "file_save_path": str(tmp_path / "f.bin"),
+                    "remote_file_path": "/f.bin",
+                    "connections": 0,
+                }
+            }
+        )
+    )
+    env = {"REMOTE_HOST_ADDRESS": "127.0.0.1", "USERNAME": "nobody", "PATH": "/usr/bin:/bin"}
+    result = run_cli(["-m", "dataferry", "run", "t", "--config", str(config)], env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "t.connections" in result.stderr and "Traceback" not in result.stderr
