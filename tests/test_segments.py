@@ -19,7 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataferry import run_task
-from dataferry.engine.segments import SEGMENT_ALIGN, SEGMENT_MIN_BYTES, split
+from dataferry.engine.segments import (
+    MAX_SEGMENTS,
+    SEGMENT_ALIGN,
+    SEGMENT_MIN_BYTES,
+    segment_count,
+    split,
+)
 from dataferry.sinks.local import LocalPartWriter, part_meta_path, part_path
 from dataferry.sinks.local_regions import first_segment_prefix, recorded_segments
 from dataferry.sources import RemoteFile
@@ -50,6 +56,14 @@ def test_split_covers_the_file_in_order(size: int, count: int) -> None:
     assert position == size
     if size >= count * SEGMENT_ALIGN:
         assert len(ranges) == count
+
+
+@given(size=st.integers(SEGMENT_MIN_BYTES, 2**44), connections=st.integers(2, 32))
+def test_segments_are_a_multiple_of_the_connections(size: int, connections: int) -> None:
+    count = segment_count(size, connections)
+    assert count <= MAX_SEGMENTS
+    if connections * (-(-size // (connections * (16 << 20)))) <= MAX_SEGMENTS:
+        assert count % connections == 0
 
 
 def test_side_file_checks() -> None:
@@ -145,7 +159,7 @@ def test_killed_run_resumes_each_segment(remote: Remote, tmp_path: Path) -> None
     source.write_bytes(data)
     save = tmp_path / "big.bin"
     args = run_args(save, remote.path(source), "--connections", "4", "--retry_delay", "0")
-    # 4 MB/s per connection: the first run is killed once every segment holds 2 MiB.
+    # 4 MB/s per connection: the first run is killed once the segments hold 16 MiB.
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
         env = {
             **remote.env(),
@@ -164,14 +178,15 @@ def test_killed_run_resumes_each_segment(remote: Remote, tmp_path: Path) -> None
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and process.poll() is None:
                 held = _segments_held(save)
-                if len(held) == 4 and min(held) >= 2 << 20:
+                if sum(held) >= 16 << 20:
                     break
                 time.sleep(0.05)
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait()
     held = _segments_held(save)
-    assert len(held) == 4 and min(held) >= 2 << 20, held
+    assert sum(held) >= 16 << 20, held
+    assert sum(1 for done in held if done) >= 4, held  # four segments were under way at once
     assert not save.exists()
     with FaultProxy(remote.connection.port) as proxy:
         env = {
@@ -217,3 +232,38 @@ def test_bad_connections_in_config_is_exit_2(tmp_path: Path) -> None:
     result = run_cli(["-m", "dataferry", "run", "t", "--config", str(config)], env, tmp_path)
     assert result.returncode == 2, result.stderr
     assert "t.connections" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resets_mid_segment_resume_to_identical_bytes(remote: Remote, tmp_path: Path) -> None:
+    data = random_bytes(BIG, 7)
+    source = remote.root / "big.bin"
+    source.write_bytes(data)
+    save = tmp_path / "big.bin"
+    plan = FaultPlan(resets=3, reset_after=(2 << 20, 12 << 20), seed=3)
+    with FaultProxy(remote.connection.port, plan) as proxy:
+        connection = through(remote.connection, proxy.port, tmp_path)
+        settings = settings_for(remote.path(source), save, connections=4, max_tries=6)
+        report = asyncio.run(run_task(settings, connection))
+        # Connections armed at once may each reset: at least the three planned.
+        resets, delivered = proxy.resets_done, proxy.bytes_to_client
+        assert resets >= 3
+    assert report.tries > 1
+    assert save.read_bytes() == data
+    # Each retry resumed its segments: what crossed the wire again is at most
+    # what was in flight when a connection broke, not the file from the start.
+    assert delivered < BIG + resets * (12 << 20), (delivered, resets)
+
+
+def test_sha256_verified_with_segments(sshd_server: object, tmp_path: Path) -> None:
+    from tests.support.remote import sshd_connection
+    from tests.support.sshd import OpenSSHServer
+
+    assert isinstance(sshd_server, OpenSSHServer)
+    connection = sshd_connection(sshd_server, tmp_path / "known_hosts")
+    source = tmp_path / "remote" / "big.bin"
+    source.parent.mkdir()
+    source.write_bytes(random_bytes(BIG, 8))
+    save = tmp_path / "out" / "big.bin"
+    settings = settings_for(str(source), save, connections=3, verify="sha256")
+    asyncio.run(run_task(settings, connection))
+    assert save.read_bytes() == source.read_bytes()

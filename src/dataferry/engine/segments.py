@@ -6,19 +6,23 @@ cipher per sshd process) and a lossy far link starves one TCP stream. With
 SourceConnector (the first is the try's session; the others open when first
 needed and close with the try) and:
 
-- splits a file of :data:`SEGMENT_MIN_BYTES` or more into N contiguous
-  segments; each is fetched in order over its own connection into its own
-  region of the part file (:class:`~dataferry.sinks.base.RegionWriter`), so
-  the segments of one file move at once;
+- splits a file of :data:`SEGMENT_MIN_BYTES` or more into contiguous
+  segments (a multiple of N, about :data:`SEGMENT_BYTES` each); each of the N
+  connections takes the next segment in file order and fetches it in order
+  into its own region of the part file
+  (:class:`~dataferry.sinks.base.RegionWriter`), so N segments of one file
+  move at once, near each other: the part that is complete from the start
+  grows steadily, and no connection idles long at the end;
 - spreads the other files over the same connections: the engine's pool of
   files in flight takes connection ``k mod N`` for its k-th worker.
 
 Resume is per segment: the part's side file records the bytes each segment
 holds, only after they are durable (a checkpoint every
 :data:`CHECKPOINT_SECONDS` and when a try ends). The sha256 of the whole file
-is computed from the part file once every segment is complete (in a thread),
-checked against the expected digest when there is one, and the file commits
-under its final name only then. A segmented archive is extracted after its
+is computed in order while the download goes on, reading back (in a thread)
+the part file's prefix that is complete so far; it is checked against the
+expected digest when there is one, and the file commits under its final name
+only then. A segmented archive is extracted after its
 download (not while it downloads: its bytes do not arrive in order).
 """
 
@@ -45,9 +49,19 @@ log = logging.getLogger("dataferry.segments")
 SEGMENT_MIN_BYTES = 64 * 2**20
 # Segment boundaries fall on multiples of this (whole reads of any block size).
 SEGMENT_ALIGN = 2**20
+# About this big: each segment costs one round trip of idle pipeline, and the
+# digest can lag the download by about one segment per connection.
+SEGMENT_BYTES = 16 * 2**20
+MAX_SEGMENTS = 1024  # the side file lists them all and is rewritten each checkpoint
 # The side file is brought up to date (after an fdatasync) at least this often.
 CHECKPOINT_SECONDS = 1.0
 HASH_CHUNK = 4 * 2**20
+
+
+def segment_count(size: int, connections: int) -> int:
+    """A multiple of connections (they finish together), segments about SEGMENT_BYTES."""
+    rounds = max(1, -(-size // (connections * SEGMENT_BYTES)))
+    return max(1, min(connections * rounds, MAX_SEGMENTS))
 
 
 def split(size: int, count: int) -> list[tuple[int, int]]:
@@ -82,10 +96,6 @@ class Connections:
                 self._opened.append(asyncio.ensure_future(self._open()))
             opening = self._opened[slot]
         return await asyncio.shield(opening)
-
-    async def lanes(self, count: int) -> list[Source]:
-        """The first count connections (opened at once when missing)."""
-        return list(await asyncio.gather(*(self.lane(k) for k in range(count))))
 
     async def _open(self) -> Source:
         source = await self._stack.enter_async_context(self.connector.session())
@@ -139,8 +149,9 @@ class SegmentedFetches:
         """Fetch remote into relative in segments and commit it; None when the sink
         cannot write regions. pinned_by: the manifest whose pin expected_sha256 is
         (--frozen), so a mismatch is a FrozenError rather than worth a retry."""
+        connections = self.settings.connections
         writer = await sink.open_regions(
-            relative, remote, split(remote.size, self.settings.connections)
+            relative, remote, split(remote.size, segment_count(remote.size, connections))
         )
         if writer is None:
             return None
@@ -155,13 +166,10 @@ class SegmentedFetches:
                 len(writer.segments),
             )
         self.observer.file_started(self.task, remote.path, remote.size, held)
+        digest = _InOrderDigest(writer, done, remote.size)
         try:
-            await self._fetch_segments(writer, remote, done)
-        except BaseException:
-            await writer.close(done)
-            raise
-        try:
-            received, head = await asyncio.to_thread(_digest, writer, remote.size)
+            await self._fetch_segments(writer, remote, done, digest)
+            received, head = await digest.finish()
             if expected_sha256 is not None and received != expected_sha256:
                 writer.discard()  # start over on the next try: these bytes cannot be trusted
                 if pinned_by is not None:
@@ -176,6 +184,7 @@ class SegmentedFetches:
                 )
             local = await writer.commit(remote.mtime)
         except BaseException:
+            await digest.cancel()
             await writer.close(done)
             raise
         self.observer.file_finished(self.task, remote.path, local, remote.size)
@@ -183,36 +192,48 @@ class SegmentedFetches:
         return Copied(remote, local, received, held, remote.size - held, head)
 
     async def _fetch_segments(
-        self, writer: RegionWriter, remote: RemoteFile, done: list[int]
+        self, writer: RegionWriter, remote: RemoteFile, done: list[int], digest: _InOrderDigest
     ) -> None:
-        """Every unfinished segment, each over its own connection, checkpointing meanwhile."""
-        todo = [k for k, (start, end) in enumerate(writer.segments) if done[k] < end - start]
-        if not todo:
+        """Every unfinished segment in file order, N at once, checkpointing meanwhile."""
+        pending = [k for k, (start, end) in enumerate(writer.segments) if done[k] < end - start]
+        if not pending:
             return
-        sources = await self.connections.lanes(min(len(todo), self.settings.connections))
-        readers: list[SourceReader] = []
+        lanes = [
+            asyncio.ensure_future(self._lane(k, writer, remote, pending, done, digest))
+            for k in range(min(len(pending), self.settings.connections))
+        ]
+        checkpoints = asyncio.ensure_future(_checkpoint_meanwhile(writer, done))
         try:
-            readers = list(await asyncio.gather(*(source.open(remote) for source in sources)))
-            pending = list(todo)
-
-            async def lane(k: int) -> None:
-                while pending:
-                    segment = pending.pop(0)
-                    await self._fetch_segment(writer, sources[k], readers[k], segment, done)
-
-            lanes = [asyncio.ensure_future(lane(k)) for k in range(len(sources))]
-            checkpoints = asyncio.ensure_future(_checkpoint_meanwhile(writer, done))
-            try:
-                finished, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
-                for future in finished:
-                    future.result()  # the first failure, if any
-            finally:
-                for future in [*lanes, checkpoints]:
-                    future.cancel()
-                await asyncio.gather(*lanes, checkpoints, return_exceptions=True)
+            finished, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
+            for future in finished:
+                future.result()  # the first failure, if any
         finally:
-            for reader in readers:
-                reader.close_later()
+            for future in [*lanes, checkpoints]:
+                future.cancel()
+            await asyncio.gather(*lanes, checkpoints, return_exceptions=True)
+
+    async def _lane(
+        self,
+        index: int,
+        writer: RegionWriter,
+        remote: RemoteFile,
+        pending: list[int],
+        done: list[int],
+        digest: _InOrderDigest,
+    ) -> None:
+        """One connection taking the next pending segment until none is left. The
+        first starts at once; the others as soon as their connection is open."""
+        source = await self.connections.lane(index)
+        if not pending:
+            return
+        reader = await source.open(remote)
+        try:
+            while pending:
+                segment = pending.pop(0)
+                await self._fetch_segment(writer, source, reader, segment, done)
+                digest.wake()
+        finally:
+            reader.close_later()
 
     async def _fetch_segment(
         self,
@@ -242,23 +263,71 @@ class SegmentedFetches:
             await blocks.aclose()
 
 
+class _InOrderDigest:
+    """sha256 of the part file, following the prefix that is complete so far.
+
+    A task on the event loop finds how far the file is complete from the
+    start (segments are fetched in file order, so that prefix grows during
+    the download) and hashes the new bytes in a thread, reading them back from
+    the part file (the page cache, usually).
+    """
+
+    def __init__(self, writer: RegionWriter, done: list[int], size: int) -> None:
+        self.writer = writer
+        self.done = done
+        self.size = size
+        self._hash = hashlib.sha256()
+        self._head = b""
+        self._hashed = 0
+        self._stopping = False
+        self._progress = asyncio.Event()
+        self._task = asyncio.ensure_future(self._follow())
+
+    def wake(self) -> None:
+        self._progress.set()
+
+    def _complete_prefix(self) -> int:
+        for (start, end), held in zip(self.writer.segments, self.done, strict=True):
+            if held < end - start:
+                return start + held
+        return self.size
+
+    async def _follow(self) -> None:
+        while self._hashed < self.size and not self._stopping:
+            ready = self._complete_prefix()
+            if ready - self._hashed >= HASH_CHUNK or ready == self.size:
+                await asyncio.to_thread(self._hash_up_to, ready)
+                continue
+            self._progress.clear()
+            # Woken when a segment completes; meanwhile the prefix grows block by block.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 0.2)
+
+    def _hash_up_to(self, end: int) -> None:
+        while self._hashed < end and not self._stopping:
+            chunk = self.writer.read_at(self._hashed, min(HASH_CHUNK, end - self._hashed))
+            if not chunk:
+                raise TransientError(f"part file ended at {self._hashed} of {self.size} bytes")
+            self._hash.update(chunk)
+            if not self._head:
+                self._head = chunk[:HEAD_BYTES]
+            self._hashed += len(chunk)
+
+    async def finish(self) -> tuple[str, bytes]:
+        """The digest and the first bytes, once every segment is complete."""
+        self.wake()
+        await self._task
+        return self._hash.hexdigest(), self._head
+
+    async def cancel(self) -> None:
+        # Not Task.cancel(): a thread still reading the part file would outlive it,
+        # and the file closes next. Asked to stop, it ends after its current chunk.
+        self._stopping = True
+        self.wake()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
 async def _checkpoint_meanwhile(writer: RegionWriter, done: list[int]) -> None:
     while True:
         await asyncio.sleep(CHECKPOINT_SECONDS)
         await writer.checkpoint(done)
-
-
-def _digest(writer: RegionWriter, size: int) -> tuple[str, bytes]:
-    """sha256 of the complete part file and its first bytes (in a thread)."""
-    digest = hashlib.sha256()
-    head = b""
-    position = 0
-    while position < size:
-        chunk = writer.read_at(position, min(HASH_CHUNK, size - position))
-        if not chunk:
-            raise TransientError(f"part file ended at {position} of {size} bytes")
-        digest.update(chunk)
-        if not head:
-            head = chunk[:HEAD_BYTES]
-        position += len(chunk)
-    return digest.hexdigest(), head
