@@ -189,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags give both paths)",
     )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="run on the Dask cluster of this scheduler (tcp://HOST:8786; default "
+        "DASK_SCHEDULER_ADDRESS), sharded by bytes; needs pip install 'dataferry[dask]'",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        default=None,
+        help="run on a local Dask cluster of N worker processes (docs/scale.md)",
+    )
     _add_overrides(run)
 
     verify = commands.add_parser(

@@ -90,13 +90,14 @@ class _TaskRun:
         connector: SourceConnector,
         observer: TaskObserver,
         sink_factory: SinkFactory,
+        store: ManifestStore | None = None,
     ):
         self.settings = settings
         self.sink_factory = sink_factory
         self.connector = connector
         self.observer = observer
         self.report = TaskReport(settings.name)
-        self.store = ManifestStore(settings.manifest or default_manifest_path(None))
+        self.store = store or ManifestStore(settings.manifest or default_manifest_path(None))
         self.sink: Sink | None = None
         self.plan: Plan | None = None
         self.decisions: Decisions | None = None
@@ -481,23 +482,34 @@ async def run_task(
     observer: TaskObserver | None = None,
     *,
     sink_factory: SinkFactory = LocalSink,
+    store: ManifestStore | None = None,
+    hold_lock: bool = True,
 ) -> TaskReport:
     """Fetch and extract one task. Transient failures are retried with backoff.
 
     ``connection`` may be a connector whose first connection is already under
     way (the command line starts it early); the caller closes it.
     ``sink_factory`` makes the sink for a destination folder (tests pass fakes).
+    ``store`` and ``hold_lock=False`` are for a cluster's worker (cluster/): it
+    records into the store given, and the coordinator holds the lock.
     """
     if isinstance(connection, ConnectionSettings):
         from ..sources.ssh import SSHConnector
 
         connector = SSHConnector(connection)
         try:
-            return await run_task(settings, connector, observer, sink_factory=sink_factory)
+            return await run_task(
+                settings,
+                connector,
+                observer,
+                sink_factory=sink_factory,
+                store=store,
+                hold_lock=hold_lock,
+            )
         finally:
             await connector.aclose()
     observer = observer or TaskObserver()
-    run = _TaskRun(settings, connection, observer, sink_factory)
+    run = _TaskRun(settings, connection, observer, sink_factory, store)
     started = time.monotonic()
     observer.task_started(settings.name)
 
@@ -528,7 +540,8 @@ async def run_task(
         reraise=True,
     )
     try:
-        async with _locked(sink_factory(settings.file_save_path), settings.name):
+        lock = _locked if hold_lock else _lock_held_elsewhere
+        async with lock(sink_factory(settings.file_save_path), settings.name):
             try:
                 async for attempt in retrying:
                     with attempt:
@@ -560,3 +573,9 @@ async def _locked(sink: Sink, task: str) -> AsyncIterator[None]:
         yield
     finally:
         lock.__exit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def _lock_held_elsewhere(sink: Sink, task: str) -> AsyncIterator[None]:
+    """A cluster's worker: its coordinator holds the destination's lock."""
+    yield
