@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dataferry.devserver.server import EmbeddedSFTPServer
+from tests.support.dask import DaskCluster, dask_available, running_cluster
 from tests.support.remote import Remote, sshd_connection
 from tests.support.sshd import (
     OpenSSHServer,
@@ -94,3 +95,13 @@ def manifest_path(
     path = tmp_path_factory.mktemp("manifest") / "dataferry.manifest.json"
     monkeypatch.setenv("DATAFERRY_MANIFEST", str(path))
     return path
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    """A real `dask scheduler` and two `dask worker` processes on loopback (stopped after)."""
+    reason = dask_available()
+    if reason:
+        pytest.skip(reason)
+    with running_cluster(tmp_path / "dask") as cluster:
+        yield cluster
