@@ -183,8 +183,13 @@ def test_lost_worker_shard_is_run_again(
     assert sorted(entries) == sorted(str(folder / name) for name in expected)
 
 
+# Dask's own connect timeout, shortened: an unreachable scheduler is retried until it expires.
+QUICK_GIVE_UP = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+
+
 def test_unreachable_scheduler_is_exit_10(tmp_path: Path) -> None:
     env = {"REMOTE_HOST_ADDRESS": "127.0.0.1", "USERNAME": "nobody", "PATH": "/usr/bin:/bin"}
+    env.update(QUICK_GIVE_UP)
     address = f"tcp://127.0.0.1:{free_port()}"
     args = ["-m", "dataferry", "run", "t", "--file_save_path", str(tmp_path / "o"),
             "--remote_file_path", "/x", "--scheduler", address]  # fmt: skip
@@ -201,6 +206,7 @@ def test_scheduler_from_the_environment(tmp_path: Path) -> None:
         "USERNAME": "nobody",
         "PATH": "/usr/bin:/bin",
         "DASK_SCHEDULER_ADDRESS": address,
+        **QUICK_GIVE_UP,
     }
     args = ["-m", "dataferry", "run", "t", "--file_save_path", str(tmp_path / "o"),
             "--remote_file_path", "/x"]  # fmt: skip

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dataferry.cluster")
 
 CONNECT_TIMEOUT = "10s"
+CONNECT_TIMEOUT_ENV = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
 # Shards per worker: a few, so a slow or lost worker holds up less of the task.
 SHARDS_PER_WORKER = 2
 _PLACEHOLDER_SHA256 = "0" * 64
@@ -63,7 +64,10 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
         try:
-            client = dask.Client(scheduler, timeout=CONNECT_TIMEOUT)
+            # Dask's own setting wins when given (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT).
+            given = os.environ.get(CONNECT_TIMEOUT_ENV)
+            options = {} if given else {"timeout": CONNECT_TIMEOUT}
+            client = dask.Client(scheduler, **options)
         except ValueError as exc:
             raise ConfigError(f"--scheduler {scheduler}: not a scheduler address ({exc})") from None
         except (OSError, TimeoutError) as exc:
