@@ -283,3 +283,23 @@ def test_password_never_reaches_dask_logs(
         (tmp_path / "m.json").read_text(),
     ):
         assert password not in text
+
+
+def test_all_tasks_run_at_once_and_a_failing_one_keeps_its_exit_code(
+    sshd_server: OpenSSHServer, dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    remote = _remote(sshd_server, tmp_path)
+    folder = _dataset(remote.root)
+    config = {
+        "common": {"include": ["*"]},
+        "one": {"file_save_path": f"{tmp_path / 'one'}/", "remote_file_path": str(folder)},
+        "two": {"file_save_path": f"{tmp_path / 'two'}/", "remote_file_path": str(folder)},
+        "gone": {"file_save_path": f"{tmp_path / 'gone'}/", "remote_file_path": "/no/such/dir"},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ["-m", "dataferry", "run", "--all", "--scheduler", dask_cluster.address]
+    result = run_cli(args, remote.env(), tmp_path)
+    assert result.returncode == 4, result.stderr  # the missing remote path's code
+    assert "/no/such/dir" in result.stderr and "Traceback" not in result.stderr
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
+    assert "part-23.csv" in _tree(tmp_path / "one")

@@ -59,18 +59,17 @@ def run_on_cluster(args: argparse.Namespace, prepare: Callable[[], list[TaskSett
     tasks = prepare()
     connection = resolve_connection()
     configure_logging(min(tasks, key=lambda task: LOG_LEVELS.index(task.log_level)).log_level)
-    from .coordinator import dask_client, run_task_on_cluster
+    from .coordinator import dask_client, run_tasks_on_cluster
 
     failures: list[DataferryError] = []
     with dask_client(scheduler, workers) as client:
-        for settings in tasks:
-            try:
-                report = run_task_on_cluster(client, settings, connection)
-            except DataferryError as exc:
-                if len(tasks) == 1:
-                    raise
-                print(f"dataferry: error: {exc}", file=sys.stderr)
-                failures.append(exc)
-                continue
-            _print_report(report)
+        outcomes = run_tasks_on_cluster(client, tasks, connection)
+    for outcome in outcomes:
+        if isinstance(outcome, DataferryError):
+            if len(tasks) == 1:
+                raise outcome
+            print(f"dataferry: error: {outcome}", file=sys.stderr)
+            failures.append(outcome)
+        else:
+            _print_report(outcome)
     return failures[0].exit_code if failures else 0

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._connection import ConnectionSettings
-from .._exceptions import ClusterError, ConfigError, TransferError, TransientError
+from .._exceptions import (
+    ClusterError,
+    ConfigError,
+    DataferryError,
+    TransferError,
+    TransientError,
+)
 from .._settings import TaskSettings
 from ..engine import TaskReport
 from ..engine.run import _TaskRun
@@ -161,88 +167,155 @@ def _absolute(settings: TaskSettings) -> TaskSettings:
     return settings.model_copy(update=update)
 
 
-def run_task_on_cluster(
-    client: Client,
-    settings: TaskSettings,
-    connection: ConnectionSettings,
-    observer: TaskObserver | None = None,
-) -> TaskReport:
-    """One task across the cluster's workers; its report merged from the shards'."""
-    import distributed
+class _TaskOnCluster:
+    """One task under way: locked, planned, its shards submitted."""
 
-    as_completed: Any = distributed.as_completed
-    observer = observer or TaskObserver()
-    started = time.monotonic()
-    settings = _absolute(settings)
-    if settings.manifest is None:
-        from .._settings import default_manifest_path
+    def __init__(
+        self, client: Client, settings: TaskSettings, connection: ConnectionSettings
+    ) -> None:
+        settings = _absolute(settings)
+        if settings.manifest is None:
+            from .._settings import default_manifest_path
 
-        settings = settings.model_copy(update={"manifest": default_manifest_path(None).absolute()})
-    assert settings.manifest is not None
-    observer.task_started(settings.name)
-    report = TaskReport(settings.name)
-    with LocalSink(settings.file_save_path).lock(settings.name):
-        planned = asyncio.run(_plan(settings, connection))
+            manifest = default_manifest_path(None).absolute()
+            settings = settings.model_copy(update={"manifest": manifest})
+        self.settings = settings
+        self.started = time.monotonic()
+        self.report = TaskReport(settings.name)
+        self.futures: list[Any] = []
+        self.shards = 0
+        self.error: DataferryError | None = None
+        self._lock = LocalSink(settings.file_save_path).lock(settings.name)
+        self._lock.__enter__()
+        try:
+            self._submit(client, connection)
+        except BaseException:
+            self.close()
+            raise
+
+    def _submit(self, client: Client, connection: ConnectionSettings) -> None:
+        settings = self.settings
+        assert settings.manifest is not None
+        self.planned = planned = asyncio.run(_plan(settings, connection))
         run = planned.run
-        report.up_to_date = [
+        self.report.up_to_date = [
             run._local(item)
             for item in (run.plan.files if run.plan else [])
             if run.decisions is not None and item.remote.path in run.decisions.up_to_date
         ]
         sizes = [(item.remote.path, item.remote.size) for item in planned.todo]
-        shards = shard_by_bytes(sizes, _worker_count(client) * SHARDS_PER_WORKER) if sizes else []
+        workers = _worker_count(client)
+        shards = shard_by_bytes(sizes, workers * SHARDS_PER_WORKER) if sizes else []
+        self.shards = len(shards)
         submit: Any = client.submit
         token = secrets.token_hex(4)  # a fresh key per run: a long-lived scheduler caches by key
-        futures = [
-            submit(
-                run_shard,
-                Shard(
-                    index,
-                    len(shards),
-                    settings,
-                    connection,
-                    tuple(paths),
-                    settings.manifest,
-                    _shard_record(planned, paths),
-                ),
-                key=f"dataferry-{settings.name}-{index}-{token}",
-                pure=False,
-                retries=0,
+        for index, paths in enumerate(shards):
+            shard = Shard(
+                index,
+                len(shards),
+                settings,
+                connection,
+                tuple(paths),
+                settings.manifest,
+                _shard_record(planned, paths),
             )
-            for index, paths in enumerate(shards)
-        ]
+            key = f"dataferry-{settings.name}-{index}-{token}"
+            self.futures.append(submit(run_shard, shard, key=key, pure=False, retries=0))
         log.info(
             "%s: %d file(s), %s in %d shard(s) over %d worker(s)",
             settings.name,
             len(planned.todo),
             human_bytes(sum(size for _, size in sizes)),
             len(shards),
-            _worker_count(client),
+            workers,
         )
-        try:
-            for future in as_completed(futures):
-                result = _result(settings, future)
-                if result.entries and not settings.frozen:
-                    run.store.update(settings.name, run.destination, upsert=result.entries)
-                _merge(report, result.report)
-                shard_bytes = result.report.bytes_transferred
-                log.info(
-                    "%s: shard %d/%d done on %s: %d file(s), %s",
-                    settings.name,
-                    result.index + 1,
-                    len(shards),
-                    result.worker,
-                    len(result.report.files),
-                    human_bytes(shard_bytes),
-                )
-        finally:
-            for future in futures:
-                future.cancel()  # no-op for the finished ones
-    report.seconds = time.monotonic() - started
-    observer.task_finished(
-        settings.name, len(report.files), report.bytes_transferred, report.seconds
-    )
-    return report
+
+    def record(self, future: Any) -> None:
+        """A shard finished: record its entries, merge its report, say so."""
+        settings, run = self.settings, self.planned.run
+        result = _result(settings, future)
+        if result.entries and not settings.frozen:
+            run.store.update(settings.name, run.destination, upsert=result.entries)
+        _merge(self.report, result.report)
+        log.info(
+            "%s: shard %d/%d done on %s: %d file(s), %s",
+            settings.name,
+            result.index + 1,
+            self.shards,
+            result.worker,
+            len(result.report.files),
+            human_bytes(result.report.bytes_transferred),
+        )
+
+    def close(self) -> None:
+        for future in self.futures:
+            future.cancel()  # a no-op for the finished ones
+        self._lock.__exit__(None, None, None)
+
+
+def run_tasks_on_cluster(
+    client: Client, tasks: list[TaskSettings], connection: ConnectionSettings
+) -> list[TaskReport | DataferryError]:
+    """Every task across the cluster's workers, each with its report (or its error).
+
+    Tasks with different destinations run at once (their shards share the
+    workers); tasks writing to the same destination run one after the other.
+    """
+    outcomes: dict[int, TaskReport | DataferryError] = {}
+    for wave in _waves(tasks):
+        _run_wave(client, [(index, tasks[index]) for index in wave], connection, outcomes)
+    return [outcomes[index] for index in range(len(tasks))]
+
+
+def _waves(tasks: list[TaskSettings]) -> list[list[int]]:
+    """Task indexes in groups of distinct destinations, each task after any earlier one
+    with its destination."""
+    waves: list[list[int]] = []
+    last_wave: dict[str, int] = {}
+    for index, settings in enumerate(tasks):
+        key = os.path.abspath(settings.file_save_path)
+        wave = last_wave.get(key, -1) + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(index)
+        last_wave[key] = wave
+    return waves
+
+
+def _run_wave(
+    client: Client,
+    wave: list[tuple[int, TaskSettings]],
+    connection: ConnectionSettings,
+    outcomes: dict[int, TaskReport | DataferryError],
+) -> None:
+    import distributed
+
+    as_completed: Any = distributed.as_completed
+    running: dict[int, _TaskOnCluster] = {}
+    try:
+        for index, settings in wave:
+            try:
+                running[index] = _TaskOnCluster(client, settings, connection)
+            except DataferryError as exc:
+                outcomes[index] = exc
+        owner = {id(f): index for index, task in running.items() for f in task.futures}
+        futures = [future for task in running.values() for future in task.futures]
+        for future in as_completed(futures):
+            task = running[owner[id(future)]]
+            if task.error is not None:
+                continue
+            try:
+                task.record(future)
+            except DataferryError as exc:
+                task.error = exc
+                for other in task.futures:
+                    other.cancel()
+        for index, task in running.items():
+            task.report.seconds = time.monotonic() - task.started
+            outcomes[index] = task.error or task.report
+    finally:
+        for task in running.values():
+            task.close()
 
 
 def _result(settings: TaskSettings, future: Any) -> ShardResult:
