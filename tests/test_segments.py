@@ -153,13 +153,16 @@ def _segments_held(save: Path) -> list[int]:
     return [done for _, _, done in state.get("segments", [])]
 
 
-def test_killed_run_resumes_each_segment(remote: Remote, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_stopped_run_resumes_each_segment(
+    remote: Remote, tmp_path: Path, how: signal.Signals
+) -> None:
     data = random_bytes(BIG, 6)
     source = remote.root / "big.bin"
     source.write_bytes(data)
     save = tmp_path / "big.bin"
     args = run_args(save, remote.path(source), "--connections", "4", "--retry_delay", "0")
-    # 4 MB/s per connection: the first run is killed once the segments hold 16 MiB.
+    # 4 MB/s per connection: the first run is stopped once the segments hold 16 MiB.
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
         env = {
             **remote.env(),
@@ -181,9 +184,11 @@ def test_killed_run_resumes_each_segment(remote: Remote, tmp_path: Path) -> None
                 if sum(held) >= 16 << 20:
                     break
                 time.sleep(0.05)
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(how)
         finally:
-            process.wait()
+            code = process.wait()
+    # SIGTERM unwinds (exit 143) and records exactly what each segment holds.
+    assert code == (143 if how == signal.SIGTERM else -signal.SIGKILL)
     held = _segments_held(save)
     assert sum(held) >= 16 << 20, held
     assert sum(1 for done in held if done) >= 4, held  # four segments were under way at once
