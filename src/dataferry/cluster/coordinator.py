@@ -39,7 +39,7 @@ from ..observe.progress import human_bytes
 from ..plan import PlannedFile, plan_files
 from ..sinks.local import LocalSink
 from .command import SCHEDULER_ENV
-from .shard import Shard, ShardResult, run_shard
+from .shard import Shard, ShardResult, run_shard, warm_up
 from .sharding import shard_by_bytes
 
 if TYPE_CHECKING:
@@ -262,6 +262,9 @@ def run_tasks_on_cluster(
     workers); tasks writing to the same destination run one after the other.
     """
     outcomes: dict[int, TaskReport | DataferryError] = {}
+    # The workers import the engine and asyncssh (~1 s) while the coordinator plans.
+    run_on_workers: Any = client.run
+    run_on_workers(warm_up, wait=False)
     for wave in _waves(tasks):
         _run_wave(client, [(index, tasks[index]) for index in wave], connection, outcomes)
     return [outcomes[index] for index in range(len(tasks))]

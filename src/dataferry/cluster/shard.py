@@ -169,3 +169,10 @@ def run_shard(shard: Shard) -> ShardResult:
     report = asyncio.run(run())
     worker = f"{socket.gethostname()}:{os.getpid()}"
     return ShardResult(shard.index, list(store.entries.values()), report, worker)
+
+
+async def warm_up() -> None:
+    """Import what a shard needs (run on each worker while the coordinator plans; a
+    coroutine, as Dask wants for a run it does not wait for)."""
+    from ..engine import run  # noqa: F401
+    from ..sources import ssh  # noqa: F401
