@@ -179,8 +179,9 @@ def test_lost_worker_shard_is_run_again(
     done_on = re.findall(r"shard \d+/\d+ done on [^:]+:(\d+)", err)
     assert len(done_on) == 4, err
     assert str(victim.pid) not in done_on  # its shard was redone by the other worker
-    entries = _entries(Path(os.environ["DATAFERRY_MANIFEST"]))
-    assert sorted(entries) == sorted(str(folder / name) for name in expected)
+    manifest = json.loads(Path(os.environ["DATAFERRY_MANIFEST"]).read_text())
+    recorded = [entry["source"]["path"] for entry in manifest["tasks"]["t"]["files"]]
+    assert sorted(recorded) == sorted(str(folder / name) for name in expected)  # each once
 
 
 # Dask's own connect timeout, shortened: an unreachable scheduler is retried until it expires.
@@ -303,3 +304,17 @@ def test_all_tasks_run_at_once_and_a_failing_one_keeps_its_exit_code(
     assert "/no/such/dir" in result.stderr and "Traceback" not in result.stderr
     assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
     assert "part-23.csv" in _tree(tmp_path / "one")
+
+
+def test_local_cluster_of_worker_processes(sshd_server: OpenSSHServer, tmp_path: Path) -> None:
+    """--workers N: the embedded default, a local Dask cluster of N processes."""
+    pytest.importorskip("distributed")
+    remote = _remote(sshd_server, tmp_path)
+    folder = _dataset(remote.root)
+    result = _run(remote, folder, tmp_path / "out", tmp_path, "--workers", "2", env=None)
+    assert result.returncode == 0, result.stderr
+    assert "over 2 worker(s)" in result.stderr
+    expected = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix == ".csv"}
+    got = _tree(tmp_path / "out")
+    assert {name: got[name] for name in expected} == expected
+    assert "inner/2.csv" in got and "bundle.zip" not in got  # extracted, then removed
