@@ -7,11 +7,14 @@ through the fault proxy, which counts connections and the bytes it delivers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataferry import run_task
+from dataferry._exceptions import TransientError
 from dataferry.engine.segments import (
     MAX_SEGMENTS,
     SEGMENT_ALIGN,
@@ -30,6 +34,7 @@ from dataferry.sinks.local import LocalPartWriter, part_meta_path, part_path
 from dataferry.sinks.local_regions import first_segment_prefix, recorded_segments
 from dataferry.sources import RemoteFile
 from tests.support.faults import FaultPlan, FaultProxy
+from tests.support.memory import MemoryConnector, MemoryServer, MemorySource
 from tests.support.remote import (
     REPO,
     Remote,
@@ -272,3 +277,31 @@ def test_sha256_verified_with_segments(sshd_server: object, tmp_path: Path) -> N
     settings = settings_for(str(source), save, connections=3, verify="sha256")
     asyncio.run(run_task(settings, connection))
     assert save.read_bytes() == source.read_bytes()
+
+
+class _OneConnectionOnly(MemoryConnector):
+    """A server that takes one connection per user: later logins are refused."""
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[MemorySource]:
+        if self.server.sessions >= 1:
+            self.server.sessions += 1
+            raise TransientError("cannot connect to memory: connection reset")
+        async with super().session() as source:
+            yield source
+
+
+def test_connections_refused_mean_fewer_connections_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = MemoryServer(block_size=1 << 20)
+    data = random_bytes(BIG, 9)
+    server.put("/d/big.bin", data)
+    save = tmp_path / "big.bin"
+    settings = settings_for("/d/big.bin", save, connections=4, max_tries=1)
+    with caplog.at_level(logging.WARNING, logger="dataferry.segments"):
+        report = asyncio.run(run_task(settings, _OneConnectionOnly(server)))
+    assert save.read_bytes() == data
+    assert report.tries == 1
+    assert server.sessions == 4  # the first, and three refused
+    assert "could not open another connection" in caplog.text

@@ -87,6 +87,7 @@ class Connections:
         self._opened[0].set_result(first)
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
+        self._degraded = False
 
     async def lane(self, index: int) -> Source:
         """Connection index mod count, opening it on first use."""
@@ -98,11 +99,25 @@ class Connections:
         return await asyncio.shield(opening)
 
     async def _open(self) -> Source:
-        source = await self._stack.enter_async_context(self.connector.session())
+        try:
+            source = await self._stack.enter_async_context(self.connector.session())
+        except TransientError as exc:
+            # E.g. a server limiting connections per user: fewer connections, not a
+            # failed try (the first one works). Refused credentials still fail.
+            if not self._degraded:
+                log.warning(
+                    "could not open another connection (%s); going on with fewer than %d",
+                    exc,
+                    self.count,
+                )
+                self._degraded = True
+            return await self._opened[0]
         source.request_timeout = self.request_timeout
         return source
 
     async def aclose(self) -> None:
+        # A slot that fell back to the first connection holds the first Source:
+        # only the stack closes what was opened here.
         for opening in self._opened[1:]:
             if not opening.done():
                 opening.cancel()
