@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint check system-deps bench bench-quick clean
+.PHONY: demo test lint check system-deps bench bench-quick bench-scale clean
 
 include containers/containers.mk
 
@@ -41,9 +41,16 @@ check: lint test
 ## bench: the benchmark against scp, sftp, rclone and the seed's approach (docs/benchmarks.md)
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.scale
+	$(PY) -m bench.cluster
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
+
+## bench-scale: several connections through a per-connection cap, and Dask workers (docs/scale.md)
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

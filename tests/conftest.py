@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dataferry.devserver.server import EmbeddedSFTPServer
+from tests.support.dask import DaskCluster, dask_available, running_cluster
 from tests.support.jump import JumpNetwork, jump_network, netns_available
 from tests.support.remote import Remote, sshd_connection
 from tests.support.s3 import SeaweedS3, start_seaweed, weed_binary
@@ -133,3 +134,11 @@ def jump_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JumpNetwork]:
         pytest.skip(reason)
     with jump_network(tmp_path_factory.mktemp("jump")) as network:
         yield network
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    """A real `dask scheduler` and two `dask worker` processes on loopback (stopped after)."""
+    reason = dask_available()
+    if reason:
+        pytest.skip(reason)
+    with running_cluster(tmp_path / "dask") as cluster:
+        yield cluster

@@ -75,6 +75,12 @@ class FrozenError(DataferryError):
     exit_code = 9
 
 
+class ClusterError(DataferryError):
+    """--scheduler/--workers: Dask is not installed, or its scheduler cannot be reached."""
+
+    exit_code = 10
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error",
@@ -86,6 +92,7 @@ EXIT_CODES: dict[int, str] = {
     7: "destination problem: would overwrite, disk full, not writable",
     8: "verify found missing or changed files",
     9: "--frozen: the remote or the local data differs from the manifest",
+    10: "Dask cluster: the dask extra is missing or the scheduler is unreachable",
     130: "interrupted (Ctrl-C)",
     143: "terminated (SIGTERM: docker stop, Kubernetes)",
 }

@@ -132,6 +132,9 @@ class TaskSettings(BaseModel):
     ready_marker: Annotated[str, BeforeValidator(_parse_marker)] | None = None
     # keep | delete | move:/remote/folder, once a file is safe here (engine/after_fetch.py).
     after_fetch: Annotated[str, BeforeValidator(_parse_after_fetch)] = "keep"
+    # SSH connections per task: a big file is fetched in that many segments at
+    # once, each over its own connection (engine/segments.py, docs/scale.md).
+    connections: int = Field(default=1, ge=1, le=32)
     # Derived, not a key: file_save_path was written with a trailing "/" (a folder).
     save_path_is_folder: bool = Field(default=False, exclude=True)
     # Derived, not a key: file_save_path as written when it is a URL (s3://bucket/prefix);

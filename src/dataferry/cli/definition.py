@@ -72,6 +72,13 @@ OVERRIDES: tuple[tuple[str, str, str, str], ...] = (
         "dataferry.manifest.json beside the config file)",
     ),
     (
+        "--connections",
+        "connections",
+        "N",
+        "SSH connections per task, 1 to 32: files of 64 MiB or more are fetched in N "
+        "segments at once (default 1)",
+    ),
+    (
         "--metrics_port",
         "metrics_port",
         "PORT",
@@ -259,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help=f"config file (default ./{DEFAULT_CONFIG_FILE}, optional when flags give both paths)",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="run on the Dask cluster of this scheduler (tcp://HOST:8786; default "
+        "DASK_SCHEDULER_ADDRESS), sharded by bytes; needs pip install 'dataferry[dask]'",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        default=None,
+        help="run on a local Dask cluster of N worker processes (docs/scale.md)",
     )
     _add_overrides(run)
     _add_list_flag(run)

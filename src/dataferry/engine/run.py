@@ -39,6 +39,7 @@ from ..sources import Source, SourceConnector
 from .after_fetch import act_after_fetch, still_as_listed
 from .copy import Copied, DigestMismatch, copy_file, requests_budget
 from .decisions import Decisions, decide, frozen_differences, make_entry
+from .segments import SegmentedFetches
 from .space import check_free_space
 from .tee import OverlappedExtraction, start_extraction
 
@@ -94,13 +95,14 @@ class _TaskRun:
         connector: SourceConnector,
         observer: TaskObserver,
         sink_factory: SinkFactory,
+        store: ManifestStore | None = None,
     ):
         self.settings = settings
         self.sink_factory = sink_factory
         self.connector = connector
         self.observer = observer
         self.report = TaskReport(settings.name)
-        self.store = ManifestStore(settings.manifest or default_manifest_path(None))
+        self.store = store or ManifestStore(settings.manifest or default_manifest_path(None))
         self.sink: Sink | None = None
         self.plan: Plan | None = None
         self.decisions: Decisions | None = None
@@ -265,27 +267,32 @@ class _TaskRun:
         if not todo:
             return
         assert self.sink is not None
+        # Several connections (settings.connections): big files in segments, the
+        # rest spread over them (engine/segments.py).
+        self.segments = SegmentedFetches(self.settings, self.connector, source, self.observer)
         parallel = min(files_in_flight(source, todo), len(todo))
         requests_per_file = max(4, requests_budget(source) // parallel)
         queue: asyncio.Queue[PlannedFile] = asyncio.Queue()
         for item in todo:
             queue.put_nowait(item)
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             while not queue.empty():
                 item = queue.get_nowait()
-                await self._fetch_one(source, item, requests_per_file, digests)
+                lane = await self.segments.lane(index)
+                await self._fetch_one(lane, item, requests_per_file, digests)
                 if time.monotonic() - self.last_record >= RECORD_INTERVAL:
                     entries = self._downloads_to_record()
                     await asyncio.to_thread(self._write_entries, entries)
 
-        workers = [asyncio.create_task(worker()) for _ in range(parallel)]
+        workers = [asyncio.create_task(worker(index)) for index in range(parallel)]
         try:
             await asyncio.gather(*workers)
         finally:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self.segments.aclose()
             await self.sink.finish()
 
     def _expected_sha256(self, item: PlannedFile, digests: dict[str, str]) -> str | None:
@@ -302,6 +309,19 @@ class _TaskRun:
     ) -> None:
         assert self.sink is not None and self.decisions is not None
         sink = self.sink
+        if self.segments.takes(item.remote):
+            pinned = item.remote.path in self.decisions.pinned_sha256 and self.settings.frozen
+            segmented = await self.segments.fetch(
+                sink,
+                item.relative,
+                item.remote,
+                expected_sha256=self._expected_sha256(item, digests),
+                pinned_by=self.store.path if pinned else None,
+            )
+            if segmented is not None:
+                self.done[item.remote.path] = _Fetched(item, segmented)
+                self.report.bytes_transferred += segmented.bytes_transferred
+                return
         # One open serves the archive probe and the download (round trips add
         # up on a far link); nothing waits for the close.
         reader = await source.open(item.remote)
@@ -508,6 +528,8 @@ async def run_task(
     observer: TaskObserver | None = None,
     *,
     sink_factory: SinkFactory | None = None,
+    store: ManifestStore | None = None,
+    hold_lock: bool = True,
 ) -> TaskReport:
     """Fetch and extract one task. Transient failures are retried with backoff.
 
@@ -515,6 +537,8 @@ async def run_task(
     way (the command line starts it early); the caller closes it.
     ``sink_factory`` makes the sink for a destination folder (tests pass fakes);
     by default the one file_save_path names (sinks.sink_factory_for: s3:// or a folder).
+    ``store`` and ``hold_lock=False`` are for a cluster's worker (cluster/): it
+    records into the store given, and the coordinator holds the lock.
     """
     if sink_factory is None:
         sink_factory = sink_factory_for(settings.destination_url)
@@ -523,11 +547,18 @@ async def run_task(
 
         connector = SSHConnector(connection)
         try:
-            return await run_task(settings, connector, observer, sink_factory=sink_factory)
+            return await run_task(
+                settings,
+                connector,
+                observer,
+                sink_factory=sink_factory,
+                store=store,
+                hold_lock=hold_lock,
+            )
         finally:
             await connector.aclose()
     observer = observer or TaskObserver()
-    run = _TaskRun(settings, connection, observer, sink_factory)
+    run = _TaskRun(settings, connection, observer, sink_factory, store)
     started = time.monotonic()
     observer.task_started(settings.name)
 
@@ -558,7 +589,8 @@ async def run_task(
         reraise=True,
     )
     try:
-        async with _locked(sink_factory(settings.file_save_path), settings.name):
+        lock = _locked if hold_lock else _lock_held_elsewhere
+        async with lock(sink_factory(settings.file_save_path), settings.name):
             try:
                 async for attempt in retrying:
                     with attempt:
@@ -593,3 +625,9 @@ async def _locked(sink: Sink, task: str) -> AsyncIterator[None]:
         yield
     finally:
         lock.__exit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def _lock_held_elsewhere(sink: Sink, task: str) -> AsyncIterator[None]:
+    """A cluster's worker: its coordinator holds the destination's lock."""
+    yield

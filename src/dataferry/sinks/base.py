@@ -63,8 +63,58 @@ class PartWriter(abc.ABC):
         """Drop the partial file (its bytes cannot be trusted)."""
 
 
+class RegionWriter(abc.ABC):
+    """A file written in regions, in any order, by several connections at once.
+
+    The optional capability behind segmented downloads (engine/segments.py): a
+    sink that has it returns one from :meth:`Sink.open_regions`. The file is
+    split into fixed segments [start, end); :attr:`held` says how many bytes of
+    each an earlier try or run already holds (resume per segment).
+    :meth:`checkpoint` makes the writes so far durable and records the
+    progress given; it never claims bytes that were not written. A local file
+    writes at offsets; an object store can map each segment to its own parts.
+    """
+
+    #: The segments, (start, end), in order; they cover the file exactly.
+    segments: list[tuple[int, int]]
+    #: Bytes held at the start of each segment (from an earlier try or run).
+    held: list[int]
+
+    @abc.abstractmethod
+    async def write_at(self, offset: int, data: bytes) -> None:
+        """Write data at offset (inside one segment)."""
+
+    @abc.abstractmethod
+    async def checkpoint(self, done: list[int]) -> None:
+        """Make the writes durable, then record done (bytes held per segment)."""
+
+    @abc.abstractmethod
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Bytes written so far (to hash the file; called in a thread)."""
+
+    @abc.abstractmethod
+    async def commit(self, mtime: int) -> str:
+        """Make the complete file durable under its final name; return that name."""
+
+    @abc.abstractmethod
+    async def close(self, done: list[int]) -> None:
+        """Stop writing (after a failure): record done; what is held stays, resumable."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Drop the partial file (its bytes cannot be trusted)."""
+
+
 class Sink(abc.ABC):
     """One destination folder."""
+
+    async def open_regions(
+        self, relative: str, source: RemoteFile, segments: list[tuple[int, int]]
+    ) -> RegionWriter | None:
+        """A writer for relative in segments, resuming a partial file of the same source
+        (whose recorded segments then win over segments); None when this sink cannot
+        (the file is then fetched over one connection)."""
+        return None
 
     @abc.abstractmethod
     def describe(self, relative: str = "") -> str:

@@ -40,7 +40,7 @@ from ..extract import (
     extract_zip_stream,
 )
 from ..sources import RemoteFile
-from .base import Extracted, Held, PartWriter, Sink
+from .base import Extracted, Held, PartWriter, RegionWriter, Sink
 
 log = logging.getLogger("dataferry.sink")
 
@@ -168,6 +168,13 @@ class LocalPartWriter(PartWriter):
         except OSError:
             return 0
         remote = self.remote
+        from .local_regions import first_segment_prefix
+
+        prefix = first_segment_prefix(recorded, remote)
+        if prefix is not None:
+            # Written in segments by several connections: only the first segment's
+            # bytes are a prefix known to be good (the rest of the file is sparse).
+            return min(prefix, held.st_size) if stat.S_ISREG(held.st_mode) else 0
         same_source = (
             isinstance(recorded, dict)
             and recorded.get("remote_path") == remote.path
@@ -376,6 +383,16 @@ class LocalSink(Sink):
 
     async def open_part(self, relative: str, source: RemoteFile) -> LocalPartWriter:
         writer = LocalPartWriter(self.root / relative, source)
+        writer.open()
+        self._touched.add(writer.final.parent)
+        return writer
+
+    async def open_regions(
+        self, relative: str, source: RemoteFile, segments: list[tuple[int, int]]
+    ) -> RegionWriter:
+        from .local_regions import LocalRegionWriter
+
+        writer = LocalRegionWriter(self.root / relative, source, segments)
         writer.open()
         self._touched.add(writer.final.parent)
         return writer

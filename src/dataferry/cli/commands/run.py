@@ -77,6 +77,10 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{config.path}: --all: the file has no task sections")
         return _resolve_tasks(list(config.tasks), config, overrides_from(args))
 
+    from ...cluster.command import cluster_requested, run_on_cluster
+
+    if cluster_requested(args):
+        return run_on_cluster(args, prepare)
     return _run_tasks(prepare, mode=RunMode.of(args))
 
 
