@@ -56,12 +56,7 @@ def _invocation(
     path = scratch / "config.json"
     path.write_text(json.dumps(config))
     env = {
-        "REMOTE_HOST_ADDRESS": endpoint.host,
-        "REMOTE_PORT": str(endpoint.port),
-        "USERNAME": endpoint.user,
-        "SSH_KEY_FILE": str(endpoint.key),
-        "SSH_KNOWN_HOSTS": str(endpoint.known_hosts),
-        "SSH_HOST_KEY_POLICY": "strict",
+        **endpoint.dataferry_env(),
         "PYTHONPATH": str(REPO / "src"),
         "DATAFERRY_MANIFEST": str(scratch / "manifest.json"),
     }

@@ -33,6 +33,21 @@ class Endpoint:
     known_hosts: Path
     jump: str | None = None  # "user@host:port" of a jump host (ssh -J), or None
 
+    def dataferry_env(self) -> dict[str, str]:
+        """dataferry's connection variables for this endpoint (no ssh_config)."""
+        env = {
+            "REMOTE_HOST_ADDRESS": self.host,
+            "REMOTE_PORT": str(self.port),
+            "USERNAME": self.user,
+            "SSH_KEY_FILE": str(self.key),
+            "SSH_KNOWN_HOSTS": str(self.known_hosts),
+            "SSH_HOST_KEY_POLICY": "strict",
+            "SSH_CONFIG_FILE": "none",
+        }
+        if self.jump is not None:
+            env["SSH_PROXY_JUMP"] = self.jump
+        return env
+
     def ssh_options(self) -> list[str]:
         """Options shared by ssh, scp and sftp (the test fixtures' choice)."""
         return [
@@ -244,18 +259,7 @@ def dataferry(job: Job) -> Invocation:
     }
     path = job.scratch / "config.json"
     path.write_text(json.dumps(config, indent=2))
-    ep = job.endpoint
-    env = {
-        "REMOTE_HOST_ADDRESS": ep.host,
-        "REMOTE_PORT": str(ep.port),
-        "USERNAME": ep.user,
-        "SSH_KEY_FILE": str(ep.key),
-        "SSH_KNOWN_HOSTS": str(ep.known_hosts),
-        "SSH_HOST_KEY_POLICY": "strict",
-        "SSH_CONFIG_FILE": "none",
-    }
-    if ep.jump is not None:
-        env["SSH_PROXY_JUMP"] = ep.jump
+    env = job.endpoint.dataferry_env()
     return Invocation([str(DATAFERRY), "run", "bench", "--config", str(path)], env)
 
 

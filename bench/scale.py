@@ -81,12 +81,7 @@ def dataferry(endpoint: Endpoint, remote: Path, dest: Path, scratch: Path, n: in
     path = scratch / "config.json"
     path.write_text(json.dumps(config))
     env = {
-        "REMOTE_HOST_ADDRESS": endpoint.host,
-        "REMOTE_PORT": str(endpoint.port),
-        "USERNAME": endpoint.user,
-        "SSH_KEY_FILE": str(endpoint.key),
-        "SSH_KNOWN_HOSTS": str(endpoint.known_hosts),
-        "SSH_HOST_KEY_POLICY": "strict",
+        **endpoint.dataferry_env(),
         "PYTHONPATH": str(REPO / "src"),
     }
     argv = [sys.executable, "-m", "dataferry", "run", "bench", "--config", str(path)]
