@@ -22,7 +22,8 @@ from tests.support.hostile import (
     UnsendableNames,
     run_cli_against,
 )
-from tests.support.remote import Remote, random_bytes, run_args, run_cli
+from tests.support.remote import Remote, random_bytes, run_args, run_cli, sshd_connection
+from tests.support.sshd import running_sshd, sshd_available
 
 HOSTILE = {
     "title\x1b]0;pwned\x07.csv": b"osc",
@@ -195,3 +196,29 @@ def test_a_listing_that_understates_the_size_is_not_saved_truncated(tmp_path: Pa
     assert results(out) == ["mine.txt"]
     no_raw_escapes(result)
     assert elapsed < 60
+
+
+def test_a_server_that_never_answers_the_sftp_init_ends_the_run(tmp_path: Path) -> None:
+    """A real sshd whose sftp subsystem reads and never speaks (it ends when the
+    connection does); sshd still answers keepalives. Starting SFTP has the target's
+    ConnectTimeout (ssh_config) as its deadline, 20 s without one."""
+    if sshd_available():
+        pytest.skip(sshd_available())
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ConnectTimeout 2\n")
+    out = tmp_path / "out"
+    with running_sshd(tmp_path / "sshd", ["Subsystem sftp /bin/cat >/dev/null"]) as server:
+        env = {
+            **Remote("openssh", tmp_path, sshd_connection(server, tmp_path / "kh"), None).env(),
+            "SSH_CONFIG_FILE": str(config),
+        }
+        started = time.monotonic()
+        result = run_cli(
+            run_args(out, "/x.bin", "--max_tries", "2", "--retry_delay", "0"), env, tmp_path
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 5, result.stderr
+    assert "cannot start SFTP" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert elapsed < 30  # two tries of a 2 s deadline, not an hour

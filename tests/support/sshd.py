@@ -197,7 +197,11 @@ def start_sshd(workdir: Path, extra_config: list[str] | None = None) -> OpenSSHS
         "UsePAM no",
         "StrictModes no",
         "PermitRootLogin prohibit-password",
-        "Subsystem sftp internal-sftp",
+        *(
+            []
+            if any(line.startswith("Subsystem sftp") for line in extra_config or [])
+            else ["Subsystem sftp internal-sftp"]
+        ),
         "LogLevel ERROR",
         # Many parallel test connections must not be throttled.
         "MaxStartups 100:30:200",

@@ -38,10 +38,14 @@ class OpenedRoute:
         connection: asyncssh.SSHClientConnection,
         target: ConnectionSettings,
         first_socket: QuickAckSocket | None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.connection = connection
         self.target = target
         self.first_socket = first_socket
+        # The target's ConnectTimeout (ssh_config) or the default: also the
+        # deadline for starting SFTP on it.
+        self.connect_timeout = connect_timeout
 
 
 async def open_route(
@@ -73,7 +77,12 @@ async def open_route(
         elif sock is not None:
             sock.close()
         raise
-    return OpenedRoute(connection, route.target.settings, first_socket)
+    return OpenedRoute(
+        connection,
+        route.target.settings,
+        first_socket,
+        route.target.connect_timeout or CONNECT_TIMEOUT,
+    )
 
 
 async def _first_socket(route: Route, early: EarlyConnection | None) -> QuickAckSocket | None:

@@ -39,7 +39,7 @@ from ..base import (
     as_selection,
 )
 from .hops import open_route
-from .tcp import CONNECT_TIMEOUT, EarlyConnection
+from .tcp import EarlyConnection
 
 log = logging.getLogger("dataferry.ssh")
 
@@ -522,7 +522,7 @@ async def _connect(
     connection, target = opened.connection, opened.target
     try:
         # A server that accepts the subsystem but never answers its INIT.
-        async with asyncio.timeout(CONNECT_TIMEOUT):
+        async with asyncio.timeout(opened.connect_timeout):
             sftp = await connection.start_sftp_client()
     except BaseException as exc:
         await _close(connection)
