@@ -6,6 +6,7 @@ the test's (``internal-sftp -d``), which stands for the remote home.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import zipfile
@@ -17,7 +18,7 @@ import pytest
 from dataferry._connection import ENV_VARIABLES
 from dataferry._exceptions import ConfigError
 from dataferry.cli.commands.get import parse_source, split_glob
-from tests.support.remote import run_cli
+from tests.support.remote import Remote, run_args, run_cli
 from tests.support.sshd import OpenSSHServer, running_sshd, sshd_available
 
 
@@ -194,3 +195,34 @@ def test_folder_source_uses_the_task_defaults_and_include(
     result = _get(server, tmp_path, "databox:folder-src", "all/", "--include", "*")
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in (tmp_path / "all").iterdir()) == ["a.csv", "notes.txt"]
+
+
+def test_a_glob_as_a_config_tasks_remote_path(remote: Remote, tmp_path: Path) -> None:
+    """remote_file_path may be a glob in config.json and as a flag, not only in get."""
+    data = remote.root / "drops"
+    data.mkdir()
+    (data / "2024-01.csv.zip").write_bytes(_zip({"2024-01.csv": b"jan\n"}))
+    (data / "2024-02.csv").write_bytes(b"feb\n")
+    (data / "2023-12.csv").write_bytes(b"dec\n")
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"common": {}, "t": {"file_save_path": "out", "remote_file_path": "x"}})
+    )
+    pattern = remote.path(data) + "/2024-*"
+    result = run_cli(
+        ["-m", "dataferry", "run", "t", "--config", str(config), "--remote_file_path", pattern],
+        remote.env(),
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    got = sorted(path.name for path in (tmp_path / "out").rglob("*") if path.is_file())
+    assert got == ["2024-01.csv", "2024-02.csv"]
+    both = run_cli(
+        [*run_args(tmp_path / "o2", pattern), "--include", "*.csv"], remote.env(), tmp_path
+    )
+    assert both.returncode == 2
+    assert "is a glob already: leave out include" in both.stderr
+    assert len(both.stderr.strip().splitlines()) == 1
+    folder_glob = run_cli(run_args(tmp_path / "o3", "/dr*/x.csv"), remote.env(), tmp_path)
+    assert folder_glob.returncode == 2
+    assert "only the last part may be a glob" in folder_glob.stderr

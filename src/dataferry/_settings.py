@@ -164,6 +164,21 @@ class TaskSettings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _glob_in_remote_path(cls, data: object) -> object:
+        # "/data/2024-*.csv.zip": the folder, with the pattern as its include.
+        if isinstance(data, dict) and isinstance(data.get("remote_file_path"), str):
+            folder, pattern = split_remote_glob(data["remote_file_path"])
+            if pattern is not None:
+                if "include" in data:
+                    raise ValueError(
+                        f"remote_file_path {data['remote_file_path']} is a glob already: "
+                        "leave out include"
+                    )
+                data = {**data, "remote_file_path": folder, "include": [pattern]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _remember_trailing_slash(cls, data: object) -> object:
         if isinstance(data, dict):
             raw = data.get("file_save_path")
@@ -237,6 +252,20 @@ class TaskSettings(BaseModel):
 
             parse_time_bound(value)
         return value
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def split_remote_glob(remote: str) -> tuple[str, str | None]:
+    """A remote path whose last part is a glob: (its folder, the pattern); else
+    (remote, None). ValueError when a folder part is a glob (not supported)."""
+    pure = PurePosixPath(remote)
+    if _GLOB.search(str(pure.parent)):
+        raise ValueError(f"{remote}: only the last part may be a glob (the folder may not)")
+    if not _GLOB.search(pure.name):
+        return remote, None
+    return str(pure.parent), pure.name
 
 
 # Keys a user may set, in config.json or as flags, with their config.json spelling.

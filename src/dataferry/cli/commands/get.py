@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -23,7 +23,6 @@ from .run import _run_tasks
 if TYPE_CHECKING:
     from ..._settings import TaskSettings
 
-_GLOB = re.compile(r"[*?\[]")
 # [user@]host:path; host may be [IPv6]. A drive letter or ./x is no remote.
 _SCP = re.compile(r"(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@/\s\[\]]+):(?P<path>.*)")
 
@@ -82,18 +81,12 @@ def _home_relative(path: str, text: str) -> str:
 
 def split_glob(remote: str) -> tuple[str, str | None]:
     """A path whose last part is a glob: (its folder, the pattern); else (path, None)."""
-    pure = PurePosixPath(remote)
-    if not _GLOB.search(pure.name):
-        if _GLOB.search(str(pure.parent)):
-            raise ConfigError(
-                f"SOURCE path {remote}: only the last part may be a glob (the folder may not)"
-            )
-        return remote, None
-    if _GLOB.search(str(pure.parent)):
-        raise ConfigError(
-            f"SOURCE path {remote}: only the last part may be a glob (the folder may not)"
-        )
-    return str(pure.parent), pure.name
+    from ..._settings import split_remote_glob
+
+    try:
+        return split_remote_glob(remote)
+    except ValueError as exc:
+        raise ConfigError(f"SOURCE path {exc}") from None
 
 
 def connection_for(source: Source) -> ConnectionSettings:
