@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list_flag(run)
     _add_modes(run)
 
+    _add_get(commands)
+
     watch = commands.add_parser(
         "watch",
         help="poll a task's remote folder and fetch what is new or changed, until stopped",
@@ -370,8 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="approximate CSV bytes of sample data (suffixes K, M, G; default 4M)",
     )
-
-    _add_get(commands)
 
     serve = commands.add_parser(
         "serve",
