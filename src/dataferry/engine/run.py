@@ -317,6 +317,7 @@ class _TaskRun:
                 item.remote,
                 expected_sha256=self._expected_sha256(item, digests),
                 pinned_by=self.store.path if pinned else None,
+                confirm_unchanged=still_as_listed(self.settings, source, item.remote),
             )
             if segmented is not None:
                 self.done[item.remote.path] = _Fetched(item, segmented)

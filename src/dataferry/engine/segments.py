@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .._exceptions import FrozenError, TransientError
@@ -160,6 +161,7 @@ class SegmentedFetches:
         *,
         expected_sha256: str | None,
         pinned_by: Path | None,
+        confirm_unchanged: Callable[[], Awaitable[None]] | None = None,
     ) -> Copied | None:
         """Fetch remote into relative in segments and commit it; None when the sink
         cannot write regions. pinned_by: the manifest whose pin expected_sha256 is
@@ -197,6 +199,8 @@ class SegmentedFetches:
                     f"{remote.path}: sha256 mismatch (expected {expected_sha256}, "
                     f"received {received})"
                 )
+            if confirm_unchanged is not None:  # a live drop folder (engine/after_fetch.py)
+                await confirm_unchanged()
             local = await writer.commit(remote.mtime)
         except BaseException:
             await digest.cancel()
