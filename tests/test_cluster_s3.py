@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.support.dask import DaskCluster
 from tests.support.remote import Remote, random_bytes, run_cli, sshd_connection
-from tests.support.s3 import ADMIN, SeaweedS3, make_bucket, objects, uploads
+from tests.support.s3 import ADMIN, SeaweedS3, keys, make_bucket, objects, uploads
 from tests.support.sshd import OpenSSHServer, free_port
 
 
@@ -107,3 +107,23 @@ def test_cluster_run_into_s3_is_identical_to_a_single_process_run(
     assert code == 0, err
     assert "already up to date" in out
     assert "0 B transferred" in out
+
+
+def test_workers_without_s3_credentials_is_one_line(
+    sshd_server: OpenSSHServer, dask_cluster: DaskCluster, s3_env: SeaweedS3, tmp_path: Path
+) -> None:
+    """The workers started before the S3 variables were set (dask_cluster first):
+    the coordinator reaches the bucket, the workers cannot. One line, exit 3."""
+    remote = _remote(sshd_server, tmp_path)
+    folder = remote.root / "d"
+    folder.mkdir()
+    (folder / "a.csv").write_bytes(b"a\n")
+    bucket = make_bucket(s3_env, f"nocred-{free_port()}")
+    env = {**remote.env(), **s3_env.environment()}
+    code, _, err = _run(
+        folder, f"s3://{bucket}/x/", tmp_path, env, "--scheduler", dask_cluster.address
+    )
+    assert code == 3, err
+    assert err.count("dataferry: error:") == 1 and "Traceback" not in err
+    assert "no S3 credentials found" in err and "Dask worker's environment" in err
+    assert keys(s3_env, bucket) == []

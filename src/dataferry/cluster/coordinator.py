@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._connection import ConnectionSettings
 from .._exceptions import (
+    AuthenticationError,
     ClusterError,
     ConfigError,
     DataferryError,
@@ -341,6 +342,14 @@ def _result(settings: TaskSettings, future: Any) -> ShardResult:
         ) from None
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"{settings.name}: lost the Dask scheduler: {_reason(exc)}") from None
+    except AuthenticationError as exc:
+        if settings.destination_url is None or "S3" not in str(exc):
+            raise
+        # The coordinator reached the bucket: the worker's own environment lacks them.
+        raise AuthenticationError(
+            f"{exc} (in a Dask worker's environment: every worker needs the AWS_* "
+            "variables; docs/scale.md)"
+        ) from None
     assert isinstance(result, ShardResult)
     return result
 
