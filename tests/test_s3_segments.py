@@ -91,9 +91,12 @@ def _stored_parts(server: SeaweedS3, bucket: str, key: str) -> int:
 
 
 @pytest.mark.parametrize("remote", ["embedded"], indirect=True)
+@pytest.mark.parametrize("rerun_connections", ["4", "1"])
 def test_kill_9_then_rerun_sends_only_missing_parts(
-    remote: Remote, s3_env: SeaweedS3, tmp_path: Path
+    remote: Remote, s3_env: SeaweedS3, tmp_path: Path, rerun_connections: str
 ) -> None:
+    """The re-run over 1 connection reuses the same parts: the part layout does not
+    depend on the segments."""
     data = random_bytes(BIG, 42)
     source = remote.root / "k.bin"
     source.write_bytes(data)
@@ -133,7 +136,8 @@ def test_kill_9_then_rerun_sends_only_missing_parts(
     assert 3 <= stored < PARTS, stored
     assert visible == [] and keys(s3_env, bucket) == []  # nothing visible before completion
     left = _stored_parts(s3_env, bucket, key)  # what the killed run left (uploads in flight end)
-    again = run_cli([*args, "--log-level", "INFO"], env, tmp_path)
+    rerun = [*args[:-4], "--connections", rerun_connections, "--retry_delay", "0"]
+    again = run_cli([*rerun, "--log-level", "INFO"], env, tmp_path)
     assert again.returncode == 0, again.stderr
     found = re.search(r"(\d+) part\(s\) uploaded, (\d+) already stored", again.stderr)
     assert found is not None, again.stderr

@@ -255,6 +255,12 @@ class S3PartWriter(PartWriter):
             self._raise_failure()
             await self.sink.call(self._complete, mtime)
             drop_record(self.sink.bucket, self.key)
+            log.info(
+                "%s: %d part(s) uploaded, %d already stored",
+                shown(self.where),
+                self.sent_parts,
+                self.reused_parts,
+            )
         self.sink.closed(self.key)
         return self.where
 
