@@ -17,13 +17,15 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._connection import ConnectionSettings
 from .._exceptions import (
+    AuthenticationError,
     ClusterError,
     ConfigError,
     DataferryError,
@@ -37,7 +39,7 @@ from ..manifest import Entry, Manifest, ResultRecord, SourceRecord, TaskRecord, 
 from ..observe import TaskObserver
 from ..observe.progress import human_bytes
 from ..plan import PlannedFile, plan_files
-from ..sinks.local import LocalSink
+from ..sinks import Sink, sink_factory_for
 from .command import SCHEDULER_ENV
 from .shard import Shard, ShardResult, run_shard, warm_up
 from .sharding import shard_by_bytes
@@ -115,7 +117,7 @@ async def _plan(settings: TaskSettings, connection: ConnectionSettings) -> _Plan
 
     connector = SSHConnector(connection)
     try:
-        run = _TaskRun(settings, connector, TaskObserver(), LocalSink)
+        run = _TaskRun(settings, connector, TaskObserver(), _sink_factory(settings))
         async with connector.session() as source:
             source.request_timeout = settings.request_timeout
             listing = await source.find(settings.remote_file_path, settings.include)
@@ -159,9 +161,16 @@ def _shard_record(planned: _Planned, paths: list[str]) -> str:
     return dumps(snapshot)
 
 
+def _sink_factory(settings: TaskSettings) -> Callable[[Path], Sink]:
+    """The destination's sink (a folder every worker sees, or an object store)."""
+    return sink_factory_for(settings.destination_url)
+
+
 def _absolute(settings: TaskSettings) -> TaskSettings:
     """Paths as every worker resolves them the same way (their working folders differ)."""
-    update: dict[str, Any] = {"file_save_path": settings.file_save_path.absolute()}
+    update: dict[str, Any] = {}
+    if settings.destination_url is None:  # an s3:// URL is the same everywhere
+        update["file_save_path"] = settings.file_save_path.absolute()
     if settings.manifest is not None:
         update["manifest"] = settings.manifest.absolute()
     return settings.model_copy(update=update)
@@ -185,7 +194,7 @@ class _TaskOnCluster:
         self.futures: list[Any] = []
         self.shards = 0
         self.error: DataferryError | None = None
-        self._lock = LocalSink(settings.file_save_path).lock(settings.name)
+        self._lock = _sink_factory(settings)(settings.file_save_path).lock(settings.name)
         self._lock.__enter__()
         try:
             self._submit(client, connection)
@@ -276,7 +285,7 @@ def _waves(tasks: list[TaskSettings]) -> list[list[int]]:
     waves: list[list[int]] = []
     last_wave: dict[str, int] = {}
     for index, settings in enumerate(tasks):
-        key = os.path.abspath(settings.file_save_path)
+        key = settings.destination_url or os.path.abspath(settings.file_save_path)
         wave = last_wave.get(key, -1) + 1
         if wave == len(waves):
             waves.append([])
@@ -333,6 +342,14 @@ def _result(settings: TaskSettings, future: Any) -> ShardResult:
         ) from None
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"{settings.name}: lost the Dask scheduler: {_reason(exc)}") from None
+    except AuthenticationError as exc:
+        if settings.destination_url is None or "S3" not in str(exc):
+            raise
+        # The coordinator reached the bucket: the worker's own environment lacks them.
+        raise AuthenticationError(
+            f"{exc} (in a Dask worker's environment: every worker needs the AWS_* "
+            "variables; docs/scale.md)"
+        ) from None
     assert isinstance(result, ShardResult)
     return result
 

@@ -30,11 +30,11 @@ from filelock import FileLock, Timeout
 from ..._exceptions import ArchiveError, DestinationError
 from ...extract import ArchiveKind, ExtractLimits, detect_archive_kind_of
 from ...sources import RemoteFile
-from ..base import Extracted, Held, Sink
+from ..base import Extracted, Held, RegionWriter, Sink
 from ..local import LOCK_WAIT_SECONDS, lock_directory
 from .client import make_client, s3_error
 from .uploads import has_record
-from .writer import MTIME_KEY, S3PartWriter, _code
+from .writer import MTIME_KEY, S3PartWriter, _code, part_size_for
 
 log = logging.getLogger("dataferry.sink.s3")
 
@@ -238,6 +238,20 @@ class S3Sink(Sink):
 
     async def open_part(self, relative: str, source: RemoteFile) -> S3PartWriter:
         writer = S3PartWriter(self, relative, source)
+        await writer.open()
+        self._open_keys.add(writer.key)
+        return writer
+
+    async def open_regions(
+        self, relative: str, source: RemoteFile, segments: list[tuple[int, int]]
+    ) -> RegionWriter | None:
+        """Segments uploading their own multipart parts (regions.py); None for a file
+        of one part (a single PUT at commit: nothing to split)."""
+        from .regions import S3RegionWriter
+
+        if source.size <= part_size_for(source.size):
+            return None
+        writer = S3RegionWriter(self, relative, source, segments)
         await writer.open()
         self._open_keys.add(writer.key)
         return writer

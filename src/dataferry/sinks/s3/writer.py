@@ -179,6 +179,11 @@ class S3PartWriter(PartWriter):
     async def _send(self, data: bytes) -> None:
         number = self._next_part
         self._next_part += 1
+        await self.send_part(number, data)
+
+    async def send_part(self, number: int, data: bytes) -> None:
+        """Upload data as part number (not again when an earlier run stored it:
+        same size and MD5); waits for a slot, returns once the upload is under way."""
         stored = self._stored.get(number)
         if stored is not None and stored[0] == len(data):
             digest = await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
@@ -250,6 +255,12 @@ class S3PartWriter(PartWriter):
             self._raise_failure()
             await self.sink.call(self._complete, mtime)
             drop_record(self.sink.bucket, self.key)
+            log.info(
+                "%s: %d part(s) uploaded, %d already stored",
+                shown(self.where),
+                self.sent_parts,
+                self.reused_parts,
+            )
         self.sink.closed(self.key)
         return self.where
 
