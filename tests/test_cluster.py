@@ -314,6 +314,11 @@ def test_local_cluster_of_worker_processes(sshd_server: OpenSSHServer, tmp_path:
     result = _run(remote, folder, tmp_path / "out", tmp_path, "--workers", "2", env=None)
     assert result.returncode == 0, result.stderr
     assert "over 2 worker(s)" in result.stderr
+    # One task: the usual progress (here, off a terminal, its lines) hears the shards.
+    done = re.search(r"t: done, (\d+) file\(s\), (\S+ \S+) transferred", result.stderr)
+    assert done is not None, result.stderr
+    assert int(done.group(1)) > 0
+    assert f"{done.group(2)} transferred" in result.stdout  # the summary agrees
     expected = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix == ".csv"}
     got = _tree(tmp_path / "out")
     assert {name: got[name] for name in expected} == expected

@@ -76,7 +76,18 @@ def start_cluster(folder: Path, workers: int = 2) -> DaskCluster:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     scheduler = _spawn(
-        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [
+            str(DASK),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+            # Its HTTP server (health, metrics) still starts: loopback, a free port.
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ],
         folder / "scheduler.log",
     )
     cluster = DaskCluster(folder, port, scheduler)
@@ -94,6 +105,8 @@ def start_cluster(folder: Path, workers: int = 2) -> DaskCluster:
                         "1",
                         "--no-nanny",
                         "--no-dashboard",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
                         "--name",
                         f"w{index}",
                     ],

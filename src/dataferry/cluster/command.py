@@ -46,9 +46,11 @@ def _workers(text: str | None) -> int | None:
 
 def run_on_cluster(args: argparse.Namespace, prepare: Callable[[], list[TaskSettings]]) -> int:
     """Validate, then run each task sharded over the cluster; the exit code."""
+    import contextlib
+
     from .._connection import resolve_connection
     from ..cli import configure_logging
-    from ..cli.commands.run import _print_report
+    from ..cli.commands.run import _print_report, task_observer
 
     workers = _workers(getattr(args, "workers", None))
     scheduler = getattr(args, "scheduler", None) or None
@@ -62,14 +64,20 @@ def run_on_cluster(args: argparse.Namespace, prepare: Callable[[], list[TaskSett
     from .coordinator import dask_client, run_tasks_on_cluster
 
     failures: list[DataferryError] = []
-    with dask_client(scheduler, workers) as client:
-        outcomes = run_tasks_on_cluster(client, tasks, connection)
-    for outcome in outcomes:
+    with contextlib.ExitStack() as stack:
+        # One task: the usual display (or progress lines), fed shard by shard. Tasks
+        # running at once keep to the per-shard log lines (the display shows one task).
+        observer = stack.enter_context(task_observer(tasks[0])) if len(tasks) == 1 else None
+        client = stack.enter_context(dask_client(scheduler, workers))
+        outcomes = run_tasks_on_cluster(client, tasks, connection, observer)
+    for settings, outcome in zip(tasks, outcomes, strict=True):
         if isinstance(outcome, DataferryError):
             if len(tasks) == 1:
                 raise outcome
             print(f"dataferry: error: {outcome}", file=sys.stderr)
             failures.append(outcome)
         else:
-            _print_report(outcome)
+            _print_report(
+                outcome, list_paths=bool(getattr(args, "list", False)), url=settings.destination_url
+            )
     return failures[0].exit_code if failures else 0

@@ -36,7 +36,7 @@ from .._settings import TaskSettings
 from ..engine import TaskReport
 from ..engine.run import _TaskRun
 from ..manifest import Entry, Manifest, ResultRecord, SourceRecord, TaskRecord, dumps
-from ..observe import TaskObserver
+from ..observe import TaskObserver, TaskState
 from ..observe.progress import human_bytes
 from ..plan import PlannedFile, plan_files
 from ..sinks import Sink, sink_factory_for
@@ -89,7 +89,12 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         n_workers=workers or 1,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        # Loopback only, and a free port: the scheduler's HTTP server (health,
+        # metrics) starts even without a dashboard and would take 8787 on every
+        # address, or warn over the display when another cluster holds it.
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        worker_dashboard_address="127.0.0.1:0",
     )
     with cluster, dask.Client(cluster) as client:
         yield client
@@ -180,8 +185,17 @@ class _TaskOnCluster:
     """One task under way: locked, planned, its shards submitted."""
 
     def __init__(
-        self, client: Client, settings: TaskSettings, connection: ConnectionSettings
+        self,
+        client: Client,
+        settings: TaskSettings,
+        connection: ConnectionSettings,
+        observer: TaskObserver | None = None,
     ) -> None:
+        # Hears the task at shard granularity: its plan, then each shard's files as
+        # the shard completes (workers report no bytes while they run).
+        self.observer = observer or TaskObserver()
+        self.shard_paths: list[tuple[str, ...]] = []
+        self.sizes: dict[str, int] = {}
         settings = _absolute(settings)
         if settings.manifest is None:
             from .._settings import default_manifest_path
@@ -213,9 +227,15 @@ class _TaskOnCluster:
             if run.decisions is not None and item.remote.path in run.decisions.up_to_date
         ]
         sizes = [(item.remote.path, item.remote.size) for item in planned.todo]
+        self.sizes = dict(sizes)
+        self.report.folder = run.plan.folder if run.plan is not None else None
         workers = _worker_count(client)
         shards = shard_by_bytes(sizes, workers * SHARDS_PER_WORKER) if sizes else []
         self.shards = len(shards)
+        self.shard_paths = [tuple(paths) for paths in shards]
+        self.observer.task_started(settings.name)
+        self.observer.plan_ready(settings.name, len(planned.todo), sum(self.sizes.values()))
+        self.observer.state_changed(settings.name, TaskState.TRANSFERRING)
         submit: Any = client.submit
         token = secrets.token_hex(4)  # a fresh key per run: a long-lived scheduler caches by key
         for index, paths in enumerate(shards):
@@ -246,6 +266,9 @@ class _TaskOnCluster:
         if result.entries and not settings.frozen:
             run.store.update(settings.name, run.destination, upsert=result.entries)
         _merge(self.report, result.report)
+        for path in self.shard_paths[result.index]:
+            self.observer.bytes_received(settings.name, path, self.sizes[path])
+            self.observer.file_finished(settings.name, path, "", self.sizes[path])
         log.info(
             "%s: shard %d/%d done on %s: %d file(s), %s",
             settings.name,
@@ -263,7 +286,10 @@ class _TaskOnCluster:
 
 
 def run_tasks_on_cluster(
-    client: Client, tasks: list[TaskSettings], connection: ConnectionSettings
+    client: Client,
+    tasks: list[TaskSettings],
+    connection: ConnectionSettings,
+    observer: TaskObserver | None = None,
 ) -> list[TaskReport | DataferryError]:
     """Every task across the cluster's workers, each with its report (or its error).
 
@@ -275,7 +301,7 @@ def run_tasks_on_cluster(
     run_on_workers: Any = client.run
     run_on_workers(warm_up, wait=False)
     for wave in _waves(tasks):
-        _run_wave(client, [(index, tasks[index]) for index in wave], connection, outcomes)
+        _run_wave(client, [(index, tasks[index]) for index in wave], connection, outcomes, observer)
     return [outcomes[index] for index in range(len(tasks))]
 
 
@@ -299,6 +325,7 @@ def _run_wave(
     wave: list[tuple[int, TaskSettings]],
     connection: ConnectionSettings,
     outcomes: dict[int, TaskReport | DataferryError],
+    observer: TaskObserver | None = None,
 ) -> None:
     import distributed
 
@@ -307,7 +334,7 @@ def _run_wave(
     try:
         for index, settings in wave:
             try:
-                running[index] = _TaskOnCluster(client, settings, connection)
+                running[index] = _TaskOnCluster(client, settings, connection, observer)
             except DataferryError as exc:
                 outcomes[index] = exc
         owner = {id(f): index for index, task in running.items() for f in task.futures}
@@ -325,6 +352,16 @@ def _run_wave(
         for index, task in running.items():
             task.report.seconds = time.monotonic() - task.started
             outcomes[index] = task.error or task.report
+            if task.error is None:
+                task.observer.state_changed(task.settings.name, TaskState.DONE)
+                task.observer.task_finished(
+                    task.settings.name,
+                    len(task.report.files),
+                    task.report.bytes_transferred,
+                    task.report.seconds,
+                )
+            else:
+                task.observer.state_changed(task.settings.name, TaskState.FAILED)
     finally:
         for task in running.values():
             task.close()
