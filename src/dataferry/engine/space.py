@@ -12,12 +12,13 @@ size only by being read: they count as their download.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import struct
 
-from .._exceptions import DestinationError
+from .._exceptions import DataferryError, DestinationError
 from ..observe.units import format_bytes
 from ..plan import PlannedFile
+from ..plan.names import shown
 from ..sinks import Sink
 from ..sources import RemoteFile, Source
 
@@ -34,6 +35,8 @@ TAIL_BYTES = _EOCD.size + 0xFFFF
 # A bigger central directory (about 300,000 entries) is not read: size unknown.
 MAX_DIRECTORY_BYTES = 16 * 2**20
 PROBES_IN_FLIGHT = 8
+
+log = logging.getLogger("dataferry.engine")
 
 
 def bytes_to_fetch(sink: Sink, todo: list[PlannedFile]) -> int:
@@ -81,12 +84,14 @@ async def check_free_space(
 
 async def zip_extracted_size(source: Source, file: RemoteFile) -> int | None:
     """The total its central directory declares; None when unknown (not a zip, a
-    directory too large, or any failure: the check is a courtesy, never a cause)."""
+    directory too large, or the server failing us: the check is a courtesy, never
+    a cause; the download itself meets any server error again and reports it)."""
     if file.size < _EOCD.size:
         return None
     try:
         reader = await source.open(file)
-    except Exception:
+    except DataferryError as exc:
+        log.debug("free space: %s not read (%s)", shown(file.path), exc)
         return None
     try:
         start = max(file.size - TAIL_BYTES, 0)
@@ -102,11 +107,11 @@ async def zip_extracted_size(source: Source, file: RemoteFile) -> int | None:
         else:
             directory = await reader.read_range(offset, length)
         return declared_total(directory)
-    except Exception:
+    except (DataferryError, struct.error) as exc:
+        log.debug("free space: the zip directory of %s not read (%s)", shown(file.path), exc)
         return None
     finally:
-        with contextlib.suppress(Exception):
-            reader.close_later()
+        reader.close_later()
 
 
 def _directory_span(tail: bytes, tail_start: int) -> tuple[int, int] | None:

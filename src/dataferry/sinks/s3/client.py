@@ -107,6 +107,13 @@ def make_client() -> Any:
         raise ConfigError(f"S3 client configuration: {exc}") from None
 
 
+def request_failures() -> tuple[type[Exception], ...]:
+    """What a failed S3 request raises (for best-effort calls that may fail)."""
+    import botocore.exceptions as bex
+
+    return (bex.BotoCoreError, bex.ClientError)
+
+
 def s3_error(exc: BaseException, where: str, *, starting: bool = False) -> BaseException:
     """The dataferry error for an S3 failure at where (an s3:// URL).
 

@@ -39,6 +39,7 @@ from ...extract.checks import EntryChecker
 from ...extract.staging import ExtractionTarget, Placement, StagingWriter
 from ...plan.names import shown
 from ..base import Extracted
+from .client import request_failures
 from .writer import MTIME_KEY, PART_SIZE
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class ObjectWriter(StagingWriter):
     def abort(self) -> None:
         for upload in self.uploads.values():
             if upload.upload_id is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*request_failures()):
                     self.sink.client.abort_multipart_upload(
                         Bucket=self.sink.bucket, Key=upload.key, UploadId=upload.upload_id
                     )

@@ -32,7 +32,7 @@ from ...extract import ArchiveKind, ExtractLimits, detect_archive_kind_of
 from ...sources import RemoteFile
 from ..base import Extracted, Held, RegionWriter, Sink
 from ..local import LOCK_WAIT_SECONDS, lock_directory
-from .client import make_client, s3_error
+from .client import make_client, request_failures, s3_error
 from .uploads import has_record
 from .writer import MTIME_KEY, S3PartWriter, _code, part_size_for
 
@@ -105,7 +105,7 @@ class _ObjectReader(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, *request_failures()):
             self._body.close()
         super().close()
 

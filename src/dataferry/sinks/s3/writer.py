@@ -24,6 +24,7 @@ from ..._exceptions import TransientError
 from ...plan.names import shown
 from ...sources import RemoteFile
 from ..base import PartWriter
+from .client import request_failures
 from .uploads import UploadRecord, drop_record, load_record, save_record, state_directory
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class S3PartWriter(PartWriter):
 
     def _abort(self, upload_id: str) -> None:
         # Best effort: an upload already gone, or one we may not abort, is no failure.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*request_failures()):
             self.sink.client.abort_multipart_upload(
                 Bucket=self.sink.bucket, Key=self.key, UploadId=upload_id
             )
@@ -296,8 +297,7 @@ class S3PartWriter(PartWriter):
 
     async def close(self) -> None:
         # Parts under way finish (they are reused by the next run); the upload stays.
-        with contextlib.suppress(Exception):
-            await self._drain()
+        await self._drain()  # waits only: a part's failure is kept in its task
         self._buffer = bytearray()
         self.sink.closed(self.key)
 
