@@ -134,6 +134,8 @@ def jump_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JumpNetwork]:
         pytest.skip(reason)
     with jump_network(tmp_path_factory.mktemp("jump")) as network:
         yield network
+
+
 @pytest.fixture
 def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
     """A real `dask scheduler` and two `dask worker` processes on loopback (stopped after)."""

@@ -21,7 +21,13 @@ from dataferry.cluster.sharding import shard_by_bytes
 from dataferry.sinks.local import PART_SUFFIX
 from tests.support.dask import DaskCluster
 from tests.support.faults import FaultPlan, FaultProxy
-from tests.support.remote import REPO, Remote, random_bytes, run_cli, sshd_connection, trust_port
+from tests.support.remote import (
+    Remote,
+    env_through,
+    random_bytes,
+    run_cli,
+    sshd_connection,
+)
 from tests.support.sshd import OpenSSHServer, free_port
 
 
@@ -144,12 +150,7 @@ def test_lost_worker_shard_is_run_again(
     save = tmp_path / "out"
     # 3 MB/s per connection: each shard (one 6 MiB file) takes about 2 s.
     with FaultProxy(remote.connection.port, FaultPlan(rate=3 << 20)) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        env = env_through(remote.env(), remote.connection, proxy.port, tmp_path)
         argv = [
             sys.executable, "-m", "dataferry", "run", "t", "--file_save_path", f"{save}/",
             "--remote_file_path", str(folder), "--include", "*", "--log-level", "INFO",

@@ -18,7 +18,7 @@ from rich.console import Console
 from dataferry.observe.display import TaskDisplay, _Drawing
 from dataferry.observe.events import TaskState
 from tests.support.faults import FaultPlan, FaultProxy
-from tests.support.remote import REPO, Remote, random_bytes, run_args, trust_port
+from tests.support.remote import Remote, env_through, random_bytes, run_args
 from tests.support.terminal import final_screen, run_on_terminal
 
 BAR = "━"
@@ -45,12 +45,7 @@ def test_terminal_display_keeps_log_lines_whole_and_ends_clean(
     folder = make_folder(remote.root)
     # 4 MB/s: the 6 MB file stays in flight over several redraws.
     with FaultProxy(remote.connection.port, FaultPlan(rate=4_000_000)) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        env = env_through(remote.env(), remote.connection, proxy.port, tmp_path)
         argv = [
             sys.executable,
             *run_args("out/", remote.path(folder), "--include", "*", "--log-level", "INFO"),

@@ -34,12 +34,12 @@ from tests.support.faults import FaultPlan, FaultProxy
 from tests.support.remote import (
     REPO,
     Remote,
+    env_through,
     random_bytes,
     run_args,
     run_cli,
     settings_for,
     through,
-    trust_port,
 )
 from tests.support.sshd import OpenSSHServer, start_sshd
 
@@ -161,12 +161,7 @@ def download_under_way(
 ) -> Iterator[subprocess.Popen[str]]:
     """The CLI fetching through a 4 MB/s proxy, returned once 3 MiB are on disk."""
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        env = env_through(remote.env(), remote.connection, proxy.port, tmp_path)
         process = subprocess.Popen(
             [sys.executable, *args], env=env, cwd=tmp_path, text=True, **popen
         )

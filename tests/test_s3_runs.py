@@ -23,7 +23,14 @@ import pytest
 
 from dataferry.sinks.s3.writer import PART_SIZE
 from tests.support.faults import FaultPlan, FaultProxy
-from tests.support.remote import REPO, Remote, random_bytes, run_args, run_cli, trust_port
+from tests.support.remote import (
+    REPO,
+    Remote,
+    env_through,
+    random_bytes,
+    run_args,
+    run_cli,
+)
 from tests.support.s3 import SeaweedS3, keys, make_bucket, objects, uploads
 from tests.support.sshd import free_port
 
@@ -162,12 +169,7 @@ def test_kill_9_mid_upload_then_rerun_reuses_parts(
     args = run_args(f"s3://{bucket}/k/k.bin", remote.path(source), "--retry_delay", "0")
     env = env_for(remote, s3_env)
     with FaultProxy(remote.connection.port, FaultPlan(rate=8 << 20)) as proxy:
-        slow = {
-            **env,
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        slow = env_through(env, remote.connection, proxy.port, tmp_path)
         process = subprocess.Popen(
             [sys.executable, *args],
             env=slow,

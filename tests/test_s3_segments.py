@@ -29,12 +29,12 @@ from tests.support.faults import FaultPlan, FaultProxy
 from tests.support.remote import (
     REPO,
     Remote,
+    env_through,
     random_bytes,
     run_args,
     run_cli,
     settings_for,
     through,
-    trust_port,
 )
 from tests.support.s3 import SeaweedS3, keys, make_bucket, objects, uploads
 from tests.support.sshd import free_port
@@ -108,12 +108,7 @@ def test_kill_9_then_rerun_sends_only_missing_parts(
     env = {**remote.env(), **s3_env.environment()}
     # 3 MB/s per connection: the run is killed once a few parts are stored.
     with FaultProxy(remote.connection.port, FaultPlan(rate=3 << 20)) as proxy:
-        slow = {
-            **env,
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        slow = env_through(env, remote.connection, proxy.port, tmp_path)
         process = subprocess.Popen(
             [sys.executable, *args],
             env=slow,

@@ -36,14 +36,13 @@ from dataferry.sources import RemoteFile
 from tests.support.faults import FaultPlan, FaultProxy
 from tests.support.memory import MemoryConnector, MemoryServer, MemorySource
 from tests.support.remote import (
-    REPO,
     Remote,
+    env_through,
     random_bytes,
     run_args,
     run_cli,
     settings_for,
     through,
-    trust_port,
 )
 
 BIG = SEGMENT_MIN_BYTES + 3 * SEGMENT_ALIGN + 12345  # segmented, and not a round size
@@ -169,12 +168,7 @@ def test_stopped_run_resumes_each_segment(
     args = run_args(save, remote.path(source), "--connections", "4", "--retry_delay", "0")
     # 4 MB/s per connection: the first run is stopped once the segments hold 16 MiB.
     with FaultProxy(remote.connection.port, FaultPlan(rate=4 << 20)) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-            "PYTHONPATH": str(REPO / "src"),
-        }
+        env = env_through(remote.env(), remote.connection, proxy.port, tmp_path)
         process = subprocess.Popen(
             [sys.executable, *args],
             env=env,
@@ -199,11 +193,7 @@ def test_stopped_run_resumes_each_segment(
     assert sum(1 for done in held if done) >= 4, held  # four segments were under way at once
     assert not save.exists()
     with FaultProxy(remote.connection.port) as proxy:
-        env = {
-            **remote.env(),
-            "REMOTE_PORT": str(proxy.port),
-            "SSH_KNOWN_HOSTS": str(trust_port(remote.connection, proxy.port, tmp_path)),
-        }
+        env = env_through(remote.env(), remote.connection, proxy.port, tmp_path)
         result = run_cli([*args, "--log-level", "INFO"], env, tmp_path)
         resent = proxy.bytes_to_client
     assert result.returncode == 0, result.stderr

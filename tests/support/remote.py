@@ -93,6 +93,19 @@ def through(connection: ConnectionSettings, port: int, directory: Path) -> Conne
     return replace(connection, port=port, known_hosts=known)
 
 
+def env_through(
+    env: dict[str, str], connection: ConnectionSettings, port: int, directory: Path
+) -> dict[str, str]:
+    """env with the server reached through a proxy listening on port (its host key
+    trusted there), and this checkout's sources first for a CLI started by hand."""
+    return {
+        **env,
+        "REMOTE_PORT": str(port),
+        "SSH_KNOWN_HOSTS": str(trust_port(connection, port, directory)),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+
+
 def run_args(save: Path | str, remote_path: str, *extra: str) -> list[str]:
     """``-m dataferry run t --file_save_path SAVE --remote_file_path REMOTE EXTRA...``."""
     return [
