@@ -20,7 +20,7 @@ import fnmatch
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from .._exceptions import TransientError
@@ -33,15 +33,9 @@ class RemoteFile:
     path: str
     size: int
     mtime: int
-    #: The name exactly as a folder listing gave it. A hostile server can list
-    #: "/", "a/b" or "/etc/passwd": joined into path those would look like a plain
-    #: name, so planning judges this one (plan/names.py).
-    listed_name: str | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
-        if self.listed_name is not None:
-            return self.listed_name
         return PurePosixPath(self.path).name
 
 
